@@ -1,0 +1,3 @@
+from digitlab.cli import main
+
+raise SystemExit(main())

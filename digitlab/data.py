@@ -1,0 +1,273 @@
+"""MNIST-format datasets: IDX files, checksums, where they live, and downloading them.
+
+Where the files come from, in order: an explicit ``data_dir`` (the CLI's ``--data-dir``),
+``$DIGITLAB_DATA_DIR``, the user cache ``~/.cache/digitlab/<dataset>`` and, for Fashion-MNIST,
+Debian's ``/usr/share/datasets/fashion-mnist``. Files missing from the cache are downloaded from
+the public mirrors, checked against the SHA-256 of their decompressed content, and only then moved
+into place, so an interrupted download never leaves a half file behind.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from digitlab.errors import DataError
+
+FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    classes: tuple[str, ...]
+    sha256: dict[str, str]  # of each file's decompressed content: the same for .gz and raw copies
+    mirrors: tuple[str, ...]
+    system_dirs: tuple[str, ...] = ()
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "mnist": DatasetInfo(
+        name="mnist",
+        classes=tuple(str(d) for d in range(10)),
+        sha256={
+            "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+            "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        },
+        mirrors=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+            "http://yann.lecun.com/exdb/mnist/",
+        ),
+    ),
+    "fashion-mnist": DatasetInfo(
+        name="fashion-mnist",
+        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        sha256={
+            "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        },
+        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        system_dirs=("/usr/share/datasets/fashion-mnist",),
+    ),
+}
+
+EXPECTED_COUNT = {"train": 60000, "t10k": 10000}
+IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
+
+
+@dataclass
+class DigitData:
+    """A whole dataset in memory: uint8 images (N, 28, 28), ink bright; uint8 labels (N,)."""
+
+    name: str
+    classes: tuple[str, ...]
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    source: Path
+
+
+def dataset_info(dataset: str) -> DatasetInfo:
+    try:
+        return DATASETS[dataset]
+    except KeyError:
+        raise DataError(f"unknown dataset {dataset!r}; expected one of: {', '.join(DATASETS)}") from None
+
+
+def cache_dir(dataset: str) -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "digitlab" / dataset
+
+
+def _find_file(directory: Path, stem: str) -> Path | None:
+    for candidate in (directory / f"{stem}.gz", directory / stem):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _has_files(directory: Path) -> bool:
+    return all(_find_file(directory, stem) for stem in FILES)
+
+
+def read_idx_bytes(path: Path) -> bytes:
+    """The decompressed content of an IDX file, gzip or raw (told apart by gzip's magic bytes)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            return gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as e:
+            raise DataError(f"{path}: corrupt or truncated gzip data ({e})") from None
+    return raw
+
+
+def parse_idx(content: bytes, path: Path | str, kind: str, count: int) -> np.ndarray:
+    """Parse IDX bytes into a uint8 array, checking magic, dimensions and length.
+
+    kind is "images" (magic 2051, N x 28 x 28) or "labels" (magic 2049, N); count is the expected N.
+    """
+    magic_expected, ndim = (IMAGE_MAGIC, 3) if kind == "images" else (LABEL_MAGIC, 1)
+    if len(content) < 4 + 4 * ndim:
+        raise DataError(f"{path}: file too short ({len(content)} bytes) to be an IDX {kind} file")
+    magic = int.from_bytes(content[:4], "big")
+    if magic != magic_expected:
+        raise DataError(
+            f"{path}: wrong magic number {magic} (0x{magic:08x}); expected {magic_expected} for IDX {kind}"
+        )
+    dims = [int.from_bytes(content[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    expected_dims = [count, 28, 28][:ndim]
+    if dims != expected_dims:
+        raise DataError(f"{path}: wrong dimensions {dims}; expected {expected_dims}")
+    header = 4 + 4 * ndim
+    expected_len = header + int(np.prod(dims))
+    if len(content) != expected_len:
+        what = "truncated" if len(content) < expected_len else "has trailing bytes"
+        raise DataError(f"{path}: {what}: {len(content)} bytes, expected {expected_len} for dimensions {dims}")
+    # A copy: arrays over the bytes object would be read-only, which torch.from_numpy warns about.
+    array = np.frombuffer(content, dtype=np.uint8, offset=header).reshape(dims).copy()
+    if kind == "labels" and array.max(initial=0) > 9:
+        raise DataError(f"{path}: label {int(array.max())} out of range; expected 0..9")
+    return array
+
+
+def read_idx_file(path: Path, stem: str, info: DatasetInfo) -> np.ndarray:
+    """Read, checksum and parse one of the four files."""
+    content = read_idx_bytes(path)
+    digest = hashlib.sha256(content).hexdigest()
+    if digest != info.sha256[stem]:
+        raise DataError(
+            f"{path}: SHA-256 of the decompressed content is {digest}, expected {info.sha256[stem]} "
+            f"for {info.name} {stem} (corrupt file, or a different dataset?)"
+        )
+    kind = "images" if "images" in stem else "labels"
+    return parse_idx(content, path, kind, EXPECTED_COUNT[stem.split("-")[0]])
+
+
+def _download_one(stem: str, info: DatasetInfo, dest: Path, mirrors: tuple[str, ...], timeout: float) -> Path:
+    """Fetch stem.gz from the first mirror that serves a verified copy; write it atomically into dest."""
+    errors = []
+    for mirror in mirrors:
+        url = mirror.rstrip("/") + f"/{stem}.gz"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                payload = response.read()
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            errors.append(f"{url}: {getattr(e, 'reason', e)}")
+            continue
+        try:
+            content = gzip.decompress(payload) if payload[:2] == b"\x1f\x8b" else payload
+        except (EOFError, OSError, zlib.error) as e:
+            errors.append(f"{url}: corrupt or truncated download ({e})")
+            continue
+        digest = hashlib.sha256(content).hexdigest()
+        if digest != info.sha256[stem]:
+            errors.append(f"{url}: checksum mismatch (got {digest[:12]}..., expected {info.sha256[stem][:12]}...)")
+            continue
+        target = dest / f"{stem}.gz"
+        atomic_write_bytes(target, gzip.compress(content, 6) if payload[:2] != b"\x1f\x8b" else payload)
+        return target
+    raise DataError(f"could not download {stem}.gz:\n  " + "\n  ".join(errors))
+
+
+def atomic_write_bytes(target: Path, payload: bytes) -> None:
+    """Write to a temporary file beside target, fsync, then rename: readers see all or nothing."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def download(dataset: str = "mnist", dest: Path | None = None, mirrors: tuple[str, ...] | None = None,
+             timeout: float = 30.0) -> Path:
+    """Download whichever of the four files dest lacks; returns dest (default: the user cache)."""
+    info = dataset_info(dataset)
+    dest = Path(dest) if dest is not None else cache_dir(dataset)
+    mirrors = mirrors or _env_mirrors() or info.mirrors
+    missing = [stem for stem in FILES if _find_file(dest, stem) is None]
+    failures = []
+    for stem in missing:
+        try:
+            _download_one(stem, info, dest, mirrors, timeout)
+        except DataError as e:
+            failures.append(str(e))
+    if failures:
+        files = ", ".join(f"{s}.gz" for s in FILES)
+        raise DataError(
+            "\n".join(failures)
+            + f"\n\n{info.name} is not available offline. Put the four files ({files}) in {dest}, "
+            "or point --data-dir / $DIGITLAB_DATA_DIR at a folder that holds them."
+        )
+    return dest
+
+
+def _env_mirrors() -> tuple[str, ...]:
+    value = os.environ.get("DIGITLAB_MIRRORS", "")
+    return tuple(m for m in value.split(",") if m.strip())
+
+
+def locate(dataset: str = "mnist", data_dir: str | Path | None = None, download_missing: bool = True) -> Path:
+    """The folder holding the dataset's four files, downloading into the cache when none has them."""
+    info = dataset_info(dataset)
+    explicit = data_dir if data_dir is not None else os.environ.get("DIGITLAB_DATA_DIR")
+    if explicit:
+        folder = Path(explicit).expanduser()
+        for candidate in (folder, folder / dataset):
+            if _has_files(candidate):
+                return candidate
+        origin = "--data-dir" if data_dir is not None else "$DIGITLAB_DATA_DIR"
+        missing = [s for s in FILES if _find_file(folder, s) is None]
+        raise DataError(
+            f"{origin} is {folder}, but it lacks {', '.join(m + '.gz' for m in missing)} "
+            f"(expected the four {info.name} IDX files, gzip or raw, in that folder or in {folder / dataset})"
+        )
+    cache = cache_dir(dataset)
+    if _has_files(cache):
+        return cache
+    for system in info.system_dirs:
+        if _has_files(Path(system)):
+            return Path(system)
+    if not download_missing:
+        raise DataError(f"{info.name} not found in {cache}; run with downloads allowed or set --data-dir")
+    return download(dataset, cache)
+
+
+def load_mnist(data_dir: str | Path | None = None, dataset: str = "mnist", download: bool = True) -> DigitData:
+    """Load and verify a whole MNIST-format dataset (see the module docstring for where it is found)."""
+    info = dataset_info(dataset)
+    folder = locate(dataset, data_dir, download_missing=download)
+    arrays = {stem: read_idx_file(_find_file(folder, stem), stem, info) for stem in FILES}
+    return DigitData(
+        name=info.name,
+        classes=info.classes,
+        train_images=arrays["train-images-idx3-ubyte"],
+        train_labels=arrays["train-labels-idx1-ubyte"],
+        test_images=arrays["t10k-images-idx3-ubyte"],
+        test_labels=arrays["t10k-labels-idx1-ubyte"],
+        source=folder,
+    )

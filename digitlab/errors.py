@@ -1,0 +1,17 @@
+"""The errors digitlab raises for bad input. The CLI prints their message without a traceback."""
+
+
+class DigitlabError(Exception):
+    """Base class: something the user gave us is wrong; the message says what and where."""
+
+
+class DataError(DigitlabError):
+    """A dataset file is missing, corrupt, or not what was expected."""
+
+
+class ModelFileError(DigitlabError):
+    """A model file is missing, truncated, corrupt, foreign or too new."""
+
+
+class ImageError(DigitlabError):
+    """An image could not be read or is not acceptable."""

@@ -1,0 +1,160 @@
+"""Model files: one safetensors file, weights plus a JSON metadata document. Never pickle.
+
+Metadata (the safetensors header's ``digitlab`` entry) holds: format and format_version, architecture
+name and config, dataset and class names, preprocessing, training settings, history, test metrics and
+the digitlab version. Loading checks all of it and refuses a truncated, corrupt, foreign or too-new
+file with a message that names the file and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from digitlab import __version__
+from digitlab.errors import ModelFileError
+from digitlab.model import ArchConfig, count_params, numpy_forward, param_shapes, softmax
+
+FORMAT = "digitlab-model"
+FORMAT_VERSION = 1
+PREPROCESSING = {"scale": "pixels / 255", "layout": "N x 1 x 28 x 28, ink bright (MNIST)",
+                 "images": "grayscale, ink bright, cropped, fit to 20x20, centred by mass in 28x28"}
+
+
+class DigitModel:
+    """A trained recognizer: weights (NumPy) plus metadata. ``predict`` needs no torch."""
+
+    def __init__(self, arch: ArchConfig, weights: dict[str, np.ndarray], metadata: dict[str, Any]):
+        self.arch = arch
+        self.weights = weights
+        self.metadata = metadata
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.metadata.get("classes", [str(i) for i in range(10)]))
+
+    @property
+    def param_count(self) -> int:
+        return count_params(self.arch)
+
+    def predict(self, images: Any, batch_size: int = 1024) -> np.ndarray:
+        """Probabilities (N, 10) for images: an array (N, 28, 28) of uint8 0..255 or float 0..1,
+        ink bright as in MNIST; or a list of PIL images or file paths (preprocessed MNIST-style)."""
+        x = as_model_input(images)
+        out = np.empty((len(x), self.arch.classes), dtype=np.float32)
+        for i in range(0, len(x), batch_size):
+            out[i:i + batch_size] = softmax(numpy_forward(self.arch, self.weights, x[i:i + batch_size]))
+        return out
+
+    def to_torch(self):  # -> torch.nn.Sequential
+        """The same weights as a PyTorch module (eval mode)."""
+        import torch
+
+        from digitlab.model import build_torch
+
+        net = build_torch(self.arch)
+        net.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self.weights.items()})
+        return net.eval()
+
+
+def as_model_input(images: Any) -> np.ndarray:
+    """Turn what users pass to predict into float32 (N, 28, 28) in [0, 1], ink bright."""
+    if isinstance(images, np.ndarray):
+        x = images
+        if x.ndim == 2:
+            x = x[None]
+        if x.ndim == 4 and x.shape[1] == 1:
+            x = x[:, 0]
+        if x.ndim != 3 or x.shape[1:] != (28, 28):
+            raise ValueError(f"images: expected shape (N, 28, 28), got {x.shape}")
+        if x.dtype == np.uint8:
+            return x.astype(np.float32) / 255.0
+        x = x.astype(np.float32, copy=False)
+        if x.size and (np.nanmin(x) < 0 or np.nanmax(x) > 1 or np.isnan(x).any()):
+            raise ValueError("images: float input must lie in [0, 1] (uint8 input may be 0..255)")
+        return x
+    if isinstance(images, (str, os.PathLike)) or hasattr(images, "mode"):
+        images = [images]
+    if isinstance(images, Sequence):
+        from digitlab.images import load_image, to_mnist
+
+        arrays = [to_mnist(load_image(im) if isinstance(im, (str, os.PathLike)) else im) for im in images]
+        return np.stack(arrays).astype(np.float32) / 255.0 if arrays else np.zeros((0, 28, 28), np.float32)
+    raise TypeError(f"images: expected a NumPy array, PIL images or paths, got {type(images).__name__}")
+
+
+def save(path: str | Path, weights: dict[str, np.ndarray], metadata: dict[str, Any]) -> Path:
+    """Write a model file atomically (temporary file beside it, then rename)."""
+    from safetensors.numpy import save as st_save
+
+    path = Path(path)
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "digitlab_version": __version__,
+            "preprocessing": PREPROCESSING, **metadata}
+    arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
+    payload = st_save(arrays, metadata={"digitlab": json.dumps(meta)})
+    from digitlab.data import atomic_write_bytes
+
+    atomic_write_bytes(path, payload)
+    return path
+
+
+def load(path: str | Path) -> DigitModel:
+    """Load a digitlab model file, or a Keras .h5/.keras file of the tutorial's architecture."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    if path.suffix.lower() in (".h5", ".hdf5", ".keras"):
+        from digitlab.interop import load_keras
+
+        return load_keras(path)
+    from safetensors import SafetensorError
+    from safetensors.numpy import load as st_load
+
+    data = path.read_bytes()
+    try:
+        arrays = st_load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + header_len])
+    except (SafetensorError, ValueError) as e:
+        hint = " (a Keras file? name it .h5 or .keras)" if data[:4] in (b"\x89HDF", b"PK\x03\x04") else ""
+        raise ModelFileError(f"{path}: not a valid model file: truncated or corrupt ({e}){hint}") from None
+    raw = (header.get("__metadata__") or {}).get("digitlab")
+    if raw is None:
+        raise ModelFileError(f"{path}: a safetensors file, but not a digitlab model (no 'digitlab' metadata)")
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        raise ModelFileError(f"{path}: the digitlab metadata is not valid JSON") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: metadata format is {meta.get('format')!r}, expected {FORMAT!r}")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path}: format version {version} is newer than this digitlab supports ({FORMAT_VERSION}); "
+            f"it was written by digitlab {meta.get('digitlab_version', '?')} - upgrade digitlab"
+        )
+    try:
+        arch = ArchConfig.from_dict(meta["arch_config"])
+    except (KeyError, TypeError, ModelFileError) as e:
+        raise ModelFileError(f"{path}: bad or missing architecture config ({e})") from None
+    check_weights(path, arch, arrays)
+    return DigitModel(arch, arrays, meta)
+
+
+def check_weights(path: Path | str, arch: ArchConfig, arrays: dict[str, np.ndarray]) -> None:
+    expected = param_shapes(arch)
+    missing = sorted(set(expected) - set(arrays))
+    extra = sorted(set(arrays) - set(expected))
+    if missing or extra:
+        raise ModelFileError(f"{path}: weights do not match the architecture (missing {missing}, unexpected {extra})")
+    for key, (shape, _) in expected.items():
+        if tuple(arrays[key].shape) != shape:
+            raise ModelFileError(f"{path}: {key} has shape {tuple(arrays[key].shape)}, expected {shape}")
+        if not np.isfinite(arrays[key]).all():
+            raise ModelFileError(f"{path}: {key} holds NaN or infinite values")
