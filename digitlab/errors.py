@@ -14,4 +14,10 @@ class ModelFileError(DigitlabError):
 
 
 class ImageError(DigitlabError):
-    """An image could not be read or is not acceptable."""
+    """An image could not be read or is not acceptable.
+
+    kind: "not_image" (no decoder recognises it), "corrupt" (a decoder rejected it) or "too_large"."""
+
+    def __init__(self, message: str, kind: str = "corrupt"):
+        super().__init__(message)
+        self.kind = kind

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from digitlab.errors import DigitlabError
-from digitlab.model import ARCHITECTURES, ArchConfig
+from digitlab.model import ARCHITECTURES
 
 
 @dataclass

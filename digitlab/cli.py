@@ -1,0 +1,251 @@
+"""The `digitlab` command: a thin layer over the Python API. Imports are lazy, so that
+`digitlab predict` never pays for torch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+
+from digitlab import __version__
+from digitlab.errors import DigitlabError
+
+
+def _data_args(p: argparse.ArgumentParser, dataset: bool = True) -> None:
+    p.add_argument("--data-dir", help="folder with the IDX files (default: $DIGITLAB_DATA_DIR, then the cache)")
+    if dataset:
+        p.add_argument("--dataset", default=None, choices=["mnist", "fashion-mnist"],
+                       help="dataset (default: mnist, or the model's own)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="digitlab", description="Train, evaluate, inspect and serve "
+                                     "handwritten-digit recognizers.")
+    parser.add_argument("--version", action="version", version=f"digitlab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("summary", help="print the model's layers, like Keras's model.summary()")
+    p.add_argument("model", nargs="?", help="a model file (default: the tutorial architecture)")
+    p.add_argument("--arch", default="tutorial", help="architecture name when no model is given")
+
+    p = sub.add_parser("train", help="train a model (defaults: the tutorial's recipe)")
+    p.add_argument("--recipe", default="seed", help="seed (the tutorial), fast or best; see `digitlab recipes`")
+    p.add_argument("--arch", help="architecture (tutorial, wide-bn)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--optimizer", choices=["rmsprop", "adam", "sgd"])
+    p.add_argument("--schedule", choices=["constant", "onecycle"])
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--val-split", type=float, help="fraction of the training set held out for validation")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--limit", type=int, help="train on the first N training images only")
+    p.add_argument("--threads", type=int, help="PyTorch threads (default: one per core)")
+    p.add_argument("--out", help="model file to write (default: model.safetensors)")
+    p.add_argument("--resume", metavar="CHECKPOINT", help="continue an interrupted run from its checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    _data_args(p)
+
+    sub.add_parser("recipes", help="list the training recipes and their settings")
+
+    p = sub.add_parser("evaluate", help="test-set metrics of a model, or of several as an ensemble")
+    p.add_argument("models", nargs="+", metavar="MODEL")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--plots", metavar="DIR", help="write confusion.png and misclassified.png into DIR")
+    _data_args(p)
+
+    p = sub.add_parser("predict", help="recognize digits in image files, folders, or test-set images")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("sources", nargs="*", metavar="SOURCE", help="image files or folders of images")
+    p.add_argument("--index", type=int, action="append", default=[], help="test-set image N (repeatable)")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    _data_args(p)
+
+    p = sub.add_parser("show", help="render a test image (PNG with --out, else in the terminal)")
+    p.add_argument("--index", type=int, required=True)
+    p.add_argument("--out", help="PNG file to write")
+    p.add_argument("--train", action="store_true", help="from the training set instead of the test set")
+    _data_args(p)
+
+    p = sub.add_parser("serve", help="HTTP API and drawing page")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-upload", type=int, default=4 * 1024 * 1024, help="largest request body in bytes")
+
+    p = sub.add_parser("import-keras", help="convert a Keras .h5/.keras file of the tutorial's network")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--out", required=True, help="digitlab model file to write")
+
+    p = sub.add_parser("export", help="export a model to ONNX")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--onnx", required=True, metavar="OUT", help="ONNX file to write")
+    return parser
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from digitlab.model import ARCHITECTURES, summary
+
+    if args.model:
+        from digitlab.modelfile import load
+
+        arch = load(args.model).arch
+    elif args.arch in ARCHITECTURES:
+        arch = ARCHITECTURES[args.arch]
+    else:
+        raise DigitlabError(f"--arch: unknown {args.arch!r}; expected one of {', '.join(ARCHITECTURES)}")
+    print(summary(arch))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from digitlab.train import TrainConfig, config_from_recipe, train
+
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+             if f.name != "recipe" and getattr(args, f.name, None) not in (None, False)}
+    train(config_from_recipe(args.recipe, **given))
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from digitlab.train import config_from_recipe
+
+    for name in ("seed", "fast", "best"):
+        cfg = config_from_recipe(name)
+        keys = ("arch", "epochs", "batch_size", "optimizer", "lr", "schedule", "augment", "label_smoothing",
+                "weight_decay")
+        print(f"{name:>5}: " + ", ".join(f"{k}={getattr(cfg, k)}" for k in keys))
+    return 0
+
+
+def _test_set(data_dir: str | None, dataset: str):
+    from digitlab.data import load_mnist
+
+    return load_mnist(data_dir, dataset)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from digitlab.evaluate import evaluate, format_report
+    from digitlab.modelfile import load
+
+    models = [load(m) for m in args.models]
+    dataset = args.dataset or models[0].metadata.get("dataset", "mnist")
+    data = _test_set(args.data_dir, dataset)
+    result, probs = evaluate(models, data.test_images, data.test_labels)
+    if args.plots:
+        from pathlib import Path
+
+        from digitlab.plots import confusion_png, misclassified_png
+
+        out = Path(args.plots)
+        result["plots"] = [str(confusion_png(result["confusion"], models[0].classes, out / "confusion.png")),
+                           str(misclassified_png(data.test_images, data.test_labels, probs, models[0].classes,
+                                                 out / "misclassified.png"))]
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_report(result))
+        for p in result.get("plots", []):
+            print(f"wrote {p}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from digitlab.images import expand_sources, load_image, to_mnist
+    from digitlab.modelfile import load
+    from digitlab.predict import predict_records
+
+    if not args.sources and not args.index:
+        raise DigitlabError("predict: give image files or folders, or --index N for a test-set image")
+    model = load(args.model)
+    inputs, names, failed = [], [], 0
+    for path in expand_sources(args.sources):
+        try:
+            inputs.append(to_mnist(load_image(path)))
+            names.append(str(path))
+        except DigitlabError as e:
+            print(f"digitlab: error: {e}", file=sys.stderr)
+            failed += 1
+    if args.index:
+        data = _test_set(args.data_dir, args.dataset or model.metadata.get("dataset", "mnist"))
+        for i in args.index:
+            if not 0 <= i < len(data.test_images):
+                print(f"digitlab: error: --index {i}: out of range 0..{len(data.test_images) - 1}", file=sys.stderr)
+                failed += 1
+                continue
+            inputs.append(data.test_images[i])
+            names.append(f"test[{i}] (label {data.test_labels[i]})")
+    records = predict_records(model, inputs, names)
+    if args.json:
+        print(json.dumps(records))
+    else:
+        for r in records:
+            print(f"{r['source']}: {r['label']}  (confidence {r['confidence']:.4f})")
+            print("   " + "  ".join(f"{c}:{p:.3f}" for c, p in zip(model.classes, r["probabilities"], strict=True)))
+    return 1 if failed else 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from digitlab.plots import show_png, show_terminal
+
+    data = _test_set(args.data_dir, args.dataset or "mnist")
+    images, labels = (data.train_images, data.train_labels) if args.train else (data.test_images, data.test_labels)
+    if not 0 <= args.index < len(images):
+        raise DigitlabError(f"--index {args.index}: out of range 0..{len(images) - 1}")
+    image, label = images[args.index], data.classes[labels[args.index]]
+    which = "train" if args.train else "test"
+    if args.out:
+        print(f"wrote {show_png(image, args.out, title=f'{which}[{args.index}]: {label}')}")
+    else:
+        print(show_terminal(image))
+        print(f"{which}[{args.index}]: label {label}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from digitlab.serve.app import run
+
+    run(args.model, host=args.host, port=args.port, max_upload=args.max_upload)
+    return 0
+
+
+def cmd_import_keras(args: argparse.Namespace) -> int:
+    from digitlab.interop import import_keras
+
+    path = import_keras(args.file, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from digitlab.interop import export_onnx
+    from digitlab.modelfile import load
+
+    path = export_onnx(load(args.model), args.onnx)
+    print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = {"summary": cmd_summary, "train": cmd_train, "recipes": cmd_recipes, "evaluate": cmd_evaluate,
+            "predict": cmd_predict, "show": cmd_show, "serve": cmd_serve, "import-keras": cmd_import_keras,
+            "export": cmd_export}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except DigitlabError as e:
+        print(f"digitlab: error: {e}", file=sys.stderr)
+        from digitlab.train import TrainingInterrupted
+
+        return 130 if isinstance(e, TrainingInterrupted) else 2
+    except KeyboardInterrupt:
+        print("digitlab: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0

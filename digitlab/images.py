@@ -1,0 +1,163 @@
+"""People's images -> MNIST-style 28x28 inputs, made the way MNIST itself was made.
+
+LeCun et al.: digits were size-normalised to fit a 20x20 box keeping their aspect ratio (anti-aliased,
+hence grey levels), then centred in a 28x28 field by their centre of mass. We do the same after
+turning any photo or drawing into bright ink on a black background. A 28x28 image is taken to be
+MNIST-style already: only its polarity is fixed.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+
+from digitlab.errors import ImageError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"}
+# Refuse images whose pixel count would take a lot of memory to decode, whatever their file size
+# (a "decompression bomb" is a few KB of PNG that decodes to gigabytes).
+MAX_PIXELS = 50_000_000
+TARGET_MASS_CENTER = 14.0  # where MNIST's centre-of-mass lands (rows and columns, pixel-index units)
+
+
+def load_image(source: str | os.PathLike | bytes | IO[bytes], name: str | None = None) -> Image.Image:
+    """Open and fully decode an image file (path, bytes or file object), with EXIF rotation applied.
+
+    Raises ImageError naming the file for anything unreadable, not an image, or too large."""
+    label = name or (str(source) if isinstance(source, (str, os.PathLike)) else "image")
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(source)
+            if im.width * im.height > MAX_PIXELS:
+                raise ImageError(f"{label}: {im.width}x{im.height} pixels is more than the limit of "
+                                 f"{MAX_PIXELS:,} (a decompression bomb?)", kind="too_large")
+            im.load()
+            im = ImageOps.exif_transpose(im)
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(f"{label}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{label}: is a directory, not an image") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{label}: not an image (or a format Pillow cannot read); "
+                         "expected PNG, JPEG, BMP, GIF, TIFF or WebP", kind="not_image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{label}: refused: {e}", kind="too_large") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageError(f"{label}: cannot decode image ({e})") from None
+    return im
+
+
+def _grayscale(im: Image.Image) -> np.ndarray:
+    """Luminance as float32 0..255. Transparent regions become background: for dark ink on a
+    transparent canvas (the common case for drawings) that is white, for light ink it is black."""
+    has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+    if not has_alpha:
+        return np.asarray(im.convert("L"), dtype=np.float32)
+    rgba = np.asarray(im.convert("RGBA"), dtype=np.float32)
+    alpha = rgba[..., 3] / 255.0
+    lum = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    if alpha.min() > 0.98:
+        return lum
+    opaque = alpha > 0.5
+    background = 255.0 if (opaque.any() and lum[opaque].mean() < 128) else 0.0
+    return lum * alpha + background * (1 - alpha)
+
+
+def _border(a: np.ndarray) -> np.ndarray:
+    k = max(1, min(a.shape) // 20)
+    return np.concatenate([a[:k].ravel(), a[-k:].ravel(), a[:, :k].ravel(), a[:, -k:].ravel()])
+
+
+def to_mnist(image: Image.Image | np.ndarray) -> np.ndarray:
+    """An MNIST-style uint8 (28, 28) array, ink bright on black, from any image."""
+    g = _grayscale(image) if isinstance(image, Image.Image) else np.asarray(image, dtype=np.float32)
+    if g.ndim == 3:  # an RGB array
+        g = g[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    if g.ndim != 2 or min(g.shape) < 1:
+        raise ImageError(f"expected a 2-D image, got shape {g.shape}")
+    background = float(np.median(_border(g)))
+    if background > 127:  # dark ink on a light background: invert so ink is bright, as in MNIST
+        g, background = 255.0 - g, 255.0 - background
+    if g.shape == (28, 28):
+        return np.clip(g, 0, 255).round().astype(np.uint8)
+
+    # Remove the background level and stretch the ink to full range; faint noise becomes black.
+    ink = g - background
+    peak = float(ink.max())
+    if peak < 16:  # nothing but background: an empty image
+        return np.zeros((28, 28), np.uint8)
+    ink = np.clip(ink * (255.0 / peak), 0, 255)
+    ink[ink < 64] = 0
+    rows, cols = np.nonzero(ink)
+    crop = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    crop = _thicken(crop)
+
+    # Fit the longer side to 20 pixels, anti-aliased, keeping the aspect ratio.
+    h, w = crop.shape
+    scale = 20.0 / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    patch = np.asarray(Image.fromarray(crop.astype(np.uint8)).resize(size, Image.LANCZOS, reducing_gap=3.0),
+                       dtype=np.float32)
+    patch = np.clip(patch, 0, 255)
+
+    # Paste into 28x28 so the centre of mass sits at the centre (kept inside the frame).
+    mass = patch.sum()
+    ph, pw = patch.shape
+    cy = (patch.sum(axis=1) @ np.arange(ph)) / mass if mass else ph / 2
+    cx = (patch.sum(axis=0) @ np.arange(pw)) / mass if mass else pw / 2
+    top = int(np.clip(round(TARGET_MASS_CENTER - cy), 0, 28 - ph))
+    left = int(np.clip(round(TARGET_MASS_CENTER - cx), 0, 28 - pw))
+    out = np.zeros((28, 28), np.float32)
+    out[top:top + ph, left:left + pw] = patch
+    return out.round().astype(np.uint8)
+
+
+def _thicken(crop: np.ndarray) -> np.ndarray:
+    """Thin pen strokes in a large photo would shrink to faint hairlines in 20x20; MNIST's strokes are
+    about 2-3 px wide there. Work at a long side of ~100 px and dilate until the stroke is thick enough."""
+    h, w = crop.shape
+    long_side = max(h, w)
+    if long_side > 100:
+        f = 100 / long_side
+        crop = np.asarray(Image.fromarray(crop.astype(np.uint8)).resize(
+            (max(1, round(w * f)), max(1, round(h * f))), Image.BOX), dtype=np.float32)
+        if crop.max() > 0:
+            crop = crop * (255.0 / crop.max())
+    target = 2.2 * max(crop.shape) / 20  # wanted stroke width at this resolution
+    for _ in range(8):
+        mask = crop > 96
+        area = mask.sum()
+        if not area:
+            break
+        interior = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+        boundary = area - interior.sum()
+        width = 2.0 * area / max(1, boundary)
+        if width >= target * 0.7:
+            break
+        padded = np.pad(crop, 1)
+        crop = np.asarray(Image.fromarray(padded.astype(np.uint8)).filter(ImageFilter.MaxFilter(3)),
+                          dtype=np.float32)
+    return crop
+
+
+def expand_sources(sources: list[str]) -> list[Path]:
+    """Files as given; directories expanded to the images inside them (sorted, not recursive)."""
+    out: list[Path] = []
+    for s in sources:
+        p = Path(s)
+        if p.is_dir():
+            out += sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            out.append(p)
+    return out

@@ -1,0 +1,87 @@
+"""Pictures: a digit as the tutorial shows it (grey colormap), in a PNG or in the terminal; the
+confusion matrix; a grid of misclassified digits. PNGs are written atomically."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from digitlab.data import atomic_write_bytes
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    _figure().close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return Path(path)
+
+
+def show_png(image: np.ndarray, path: str | Path, title: str | None = None) -> Path:
+    """The tutorial's plt.imshow(img, cmap='Greys'): dark ink on white."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(3, 3))
+    ax.imshow(image, cmap="Greys")
+    if title:
+        ax.set_title(title)
+    ax.axis("off")
+    return _save(fig, path)
+
+
+def show_terminal(image: np.ndarray) -> str:
+    """Block characters, two per pixel so the digit keeps its aspect ratio; brighter ink is denser."""
+    shades = " ░▒▓█"
+    rows = []
+    for row in image:
+        rows.append("".join(shades[min(4, int(v) * 5 // 256)] * 2 for v in row))
+    return "\n".join(rows)
+
+
+def confusion_png(confusion: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path,
+                  title: str = "Confusion matrix") -> Path:
+    plt = _figure()
+    conf = np.asarray(confusion)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    # Log-ish colour so that the few errors are visible next to ~1,000 correct per class.
+    im = ax.imshow(np.log1p(conf), cmap="Blues")
+    for (i, j), v in np.ndenumerate(conf):
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=8,
+                color="white" if np.log1p(v) > np.log1p(conf.max()) / 2 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=45 if max(map(len, classes)) > 2 else 0)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="log(1 + count)")
+    return _save(fig, path)
+
+
+def misclassified_png(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, classes: Sequence[str],
+                      path: str | Path, limit: int = 64) -> Path:
+    """A grid of the misclassified test digits (most confident mistakes first), true -> predicted."""
+    plt = _figure()
+    predicted = probs.argmax(1)
+    wrong = np.nonzero(predicted != labels)[0]
+    wrong = wrong[np.argsort(-probs[wrong, predicted[wrong]])][:limit]
+    cols = 8
+    nrows = max(1, -(-len(wrong) // cols))
+    fig, axes = plt.subplots(nrows, cols, figsize=(cols * 1.3, nrows * 1.5), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, i in zip(axes.ravel(), wrong, strict=False):
+        ax.imshow(images[i], cmap="Greys")
+        ax.set_title(f"{classes[labels[i]]}→{classes[predicted[i]]} ({probs[i, predicted[i]]:.2f})", fontsize=7)
+    fig.suptitle(f"{len(np.nonzero(predicted != labels)[0])} misclassified (true→predicted, confidence)")
+    return _save(fig, path)
