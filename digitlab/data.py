@@ -170,6 +170,9 @@ def _download_one(stem: str, info: DatasetInfo, dest: Path, mirrors: tuple[str, 
         try:
             with urllib.request.urlopen(url, timeout=timeout) as response:
                 payload = response.read()
+        except urllib.error.HTTPError as e:
+            errors.append(f"{url}: HTTP {e.code} {e.reason}")
+            continue
         except (urllib.error.URLError, OSError, ValueError) as e:
             errors.append(f"{url}: {getattr(e, 'reason', e)}")
             continue

@@ -134,8 +134,9 @@ def make_optimizer(cfg: TrainConfig, params):
     import torch
 
     if cfg.optimizer == "rmsprop":
-        # Keras's RMSprop: rho 0.9 (PyTorch's alpha defaults to 0.99), epsilon 1e-7 outside the sqrt.
-        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=0.9, eps=1e-7, weight_decay=cfg.weight_decay)
+        from digitlab.optim import KerasRMSprop
+
+        return KerasRMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
         return torch.optim.AdamW(params, lr=cfg.lr, eps=1e-7, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)

@@ -1,0 +1,63 @@
+"""Shared fixtures. MNIST is found through $DIGITLAB_DATA_DIR (scripts/test.sh sets it)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from digitlab.data import load_mnist
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    value = os.environ.get("DIGITLAB_DATA_DIR")
+    if not value:
+        pytest.fail("set DIGITLAB_DATA_DIR to the folder with the MNIST IDX files (scripts/test.sh does)")
+    return Path(value)
+
+
+@pytest.fixture(scope="session")
+def mnist(mnist_dir):
+    return load_mnist(mnist_dir)
+
+
+@pytest.fixture(scope="session")
+def trained_model_path(tmp_path_factory, mnist_dir) -> Path:
+    """One real epoch on the full MNIST training set (the `fast` recipe: the tutorial's network, Adam,
+    one-cycle), shared by the tests that need a model that recognizes digits (end-to-end accuracy,
+    preprocessing, server, browser). One epoch of the `seed` recipe lands anywhere in 97.7-98.4%."""
+    from digitlab.train import train
+
+    out = tmp_path_factory.mktemp("trained") / "mnist.safetensors"
+    train(recipe="fast", out=str(out), data_dir=str(mnist_dir), quiet=True, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_model(trained_model_path):
+    import digitlab
+
+    return digitlab.load(trained_model_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory, mnist_dir) -> Path:
+    """A quick model (2,000 images) for tests that need a valid file, not accuracy."""
+    from digitlab.train import train
+
+    out = tmp_path_factory.mktemp("tiny") / "tiny.safetensors"
+    train(epochs=1, limit=2000, out=str(out), data_dir=str(mnist_dir), quiet=True)
+    return out
+
+
+def run_cli(*args: str, check: bool = False, **kw) -> subprocess.CompletedProcess:
+    """The real `digitlab` command in a subprocess."""
+    proc = subprocess.run([sys.executable, "-m", "digitlab", *map(str, args)], capture_output=True, text=True,
+                          timeout=600, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"digitlab {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc

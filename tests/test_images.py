@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import io
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from digitlab.errors import ImageError
+from digitlab.images import MAX_PIXELS, load_image, to_mnist
+
+
+def test_mnist_image_passes_through_unchanged(mnist):
+    for i in range(20):
+        assert np.array_equal(to_mnist(Image.fromarray(mnist.test_images[i])), mnist.test_images[i])
+        assert np.array_equal(to_mnist(Image.fromarray(255 - mnist.test_images[i])), mnist.test_images[i])
+
+
+def redraw(digit: np.ndarray, rng: np.random.Generator, size: int = 300) -> Image.Image:
+    """An MNIST digit as a person's picture: dark on light, large, off-centre, on a slightly grey page."""
+    scale = int(rng.integers(120, 220))
+    big = Image.fromarray(255 - digit).resize((scale, scale), Image.BICUBIC)
+    canvas = Image.new("L", (size, size), int(rng.integers(215, 256)))
+    x, y = (int(v) for v in rng.integers(0, size - scale, 2))
+    paper = Image.new("L", (scale, scale), canvas.getpixel((0, 0)))
+    canvas.paste(Image.fromarray(np.minimum(np.asarray(big), np.asarray(paper))), (x, y))
+    return canvas
+
+
+def test_redrawn_digits_are_predicted_like_the_originals(trained_model, mnist):
+    rng = np.random.default_rng(0)
+    n = 1000
+    redrawn = np.stack([to_mnist(redraw(mnist.test_images[i], rng)) for i in range(n)])
+    labels = mnist.test_labels[:n]
+    acc_original = (trained_model.predict(mnist.test_images[:n]).argmax(1) == labels).mean()
+    acc_redrawn = (trained_model.predict(redrawn).argmax(1) == labels).mean()
+    assert acc_redrawn >= acc_original - 0.01, (acc_original, acc_redrawn)
+    # Without the MNIST-style preprocessing (just shrink the picture), people's digits fail:
+    naive = np.stack([255 - np.asarray(redraw(mnist.test_images[i], rng).resize((28, 28))) for i in range(200)])
+    assert (trained_model.predict(naive).argmax(1) == mnist.test_labels[:200]).mean() < 0.6
+
+
+def test_output_is_centred_and_fits_20x20():
+    im = Image.new("RGB", (640, 480), "white")
+    ImageDraw.Draw(im).rectangle([500, 50, 560, 400], fill=(20, 20, 30))  # tall bar, far right
+    out = to_mnist(im)
+    rows, cols = np.nonzero(out > 30)
+    assert rows.max() - rows.min() + 1 <= 21 and cols.max() - cols.min() + 1 <= 21
+    mass = out.astype(float)
+    cy = (mass.sum(1) @ np.arange(28)) / mass.sum()
+    cx = (mass.sum(0) @ np.arange(28)) / mass.sum()
+    assert abs(cy - 14) <= 1 and abs(cx - 14) <= 1
+
+
+def test_thin_pen_strokes_are_thickened():
+    im = Image.new("L", (1200, 1200), 255)
+    ImageDraw.Draw(im).line([(600, 100), (600, 1100)], fill=0, width=6)  # a "1" in fine pen
+    out = to_mnist(im)
+    assert (out > 128).sum(axis=1).max() >= 2  # at least 2 px wide, like MNIST strokes
+
+
+def test_transparent_drawing():
+    im = Image.new("RGBA", (200, 200), (0, 0, 0, 0))
+    ImageDraw.Draw(im).line([(100, 20), (100, 180)], fill=(0, 0, 0, 255), width=16)
+    out = to_mnist(im)
+    assert out.max() > 200 and out[:, :5].max() == 0 and out[0].max() == 0
+
+
+def test_blank_image_is_empty():
+    assert to_mnist(Image.new("L", (100, 100), 255)).max() == 0
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP"])
+def test_formats(fmt, tmp_path):
+    im = Image.new("RGB", (120, 90), "white")
+    ImageDraw.Draw(im).ellipse([30, 10, 90, 80], outline="black", width=8)
+    path = tmp_path / f"zero.{fmt.lower()}"
+    im.save(path, fmt)
+    out = to_mnist(load_image(path))
+    assert out.shape == (28, 28) and out.max() > 150
+
+
+def test_not_an_image(tmp_path):
+    p = tmp_path / "notes.png"
+    p.write_text("hello")
+    with pytest.raises(ImageError, match="notes.png: not an image") as e:
+        load_image(p)
+    assert e.value.kind == "not_image"
+
+
+def test_truncated_image(tmp_path):
+    buf = io.BytesIO()
+    Image.effect_noise((300, 300), 60).save(buf, "PNG")
+    with pytest.raises(ImageError, match="cut.png: cannot decode") as e:
+        load_image(buf.getvalue()[:2000], name="cut.png")
+    assert e.value.kind == "corrupt"
+
+
+def bomb_png(side: int) -> bytes:
+    """A valid grayscale PNG of side x side black pixels: a few KB that decode to side^2 bytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    header = side.to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
+    raw = zlib.compress(bytes(side + 1) * side, 9)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_refused():
+    data = bomb_png(8000)
+    assert len(data) < 200_000 and 8000 * 8000 > MAX_PIXELS
+    with pytest.raises(ImageError, match="bomb") as e:
+        load_image(data, name="bomb.png")
+    assert e.value.kind == "too_large"
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ImageError, match="no such file"):
+        load_image(tmp_path / "nope.png")
