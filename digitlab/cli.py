@@ -105,8 +105,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from digitlab.train import TrainConfig, config_from_recipe, train
 
+    # Only what the user typed overrides the recipe (0 is a value: compare by identity, not equality).
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
-             if f.name != "recipe" and getattr(args, f.name, None) not in (None, False)}
+             if f.name != "recipe" and getattr(args, f.name, None) is not None and getattr(args, f.name) is not False}
     train(config_from_recipe(args.recipe, **given))
     return 0
 

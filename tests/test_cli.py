@@ -1,0 +1,98 @@
+"""The command line, through real subprocesses."""
+
+from __future__ import annotations
+
+import json
+
+from PIL import Image, ImageDraw
+
+from tests.conftest import run_cli
+
+
+def test_summary():
+    out = run_cli("summary", check=True).stdout
+    assert "conv2d_2 (Conv2D)" in out and "Total params: 93,322" in out and "Non-trainable params: 0" in out
+
+
+def test_recipes():
+    out = run_cli("recipes", check=True).stdout
+    assert out.splitlines()[0].startswith(" seed: arch=tutorial, epochs=5, batch_size=64, optimizer=rmsprop")
+
+
+def test_train_cli_small(tmp_path, mnist_dir):
+    out = tmp_path / "cli.safetensors"
+    proc = run_cli("train", "--epochs", "1", "--limit", "1000", "--val-split", "0.1", "--optimizer", "adam",
+                   "--out", out, "--data-dir", mnist_dir, check=True)
+    assert "Epoch 1/1" in proc.stdout and "val_accuracy:" in proc.stdout and "test_accuracy:" in proc.stdout
+    assert out.exists() and out.with_name("cli.history.json").exists()
+
+
+def test_train_bad_option_is_a_clear_error(tmp_path):
+    proc = run_cli("train", "--epochs", "0", "--out", tmp_path / "x.safetensors")
+    assert proc.returncode == 2 and "epochs: must be >= 1" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_predict_files_index_and_json(tmp_path, trained_model_path):
+    im = Image.new("L", (200, 200), 255)
+    ImageDraw.Draw(im).line([(100, 25), (100, 175)], fill=0, width=16)
+    im.save(tmp_path / "one.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    proc = run_cli("predict", trained_model_path, tmp_path / "one.png", tmp_path / "broken.png",
+                   "--index", "0", "--json")
+    assert proc.returncode == 1  # one file failed...
+    assert "broken.png" in proc.stderr and "Traceback" not in proc.stderr
+    records = json.loads(proc.stdout)  # ...the others were still predicted
+    assert [r["digit"] for r in records] == [1, 7]
+    for r in records:
+        assert set(r) >= {"source", "digit", "confidence", "probabilities"}
+        assert len(r["probabilities"]) == 10 and abs(sum(r["probabilities"]) - 1) < 1e-4
+    text = run_cli("predict", trained_model_path, tmp_path / "one.png", check=True).stdout
+    assert "one.png: 1" in text
+
+
+def test_predict_directory(tmp_path, trained_model_path, mnist):
+    for i in range(3):
+        Image.fromarray(255 - mnist.test_images[i]).resize((140, 140)).save(tmp_path / f"d{i}.jpg")
+    (tmp_path / "readme.txt").write_text("not an image, and skipped: not an image suffix")
+    records = json.loads(run_cli("predict", trained_model_path, tmp_path, "--json", check=True).stdout)
+    assert [r["digit"] for r in records] == list(mnist.test_labels[:3])
+
+
+def test_evaluate_json_and_plots(tmp_path, trained_model_path):
+    proc = run_cli("evaluate", trained_model_path, "--json", "--plots", tmp_path / "plots", check=True)
+    result = json.loads(proc.stdout)
+    assert 0.98 <= result["accuracy"] <= 1 and result["loss"] > 0
+    assert len(result["per_class"]) == 10 and {"precision", "recall", "f1"} <= set(result["per_class"][3])
+    conf = result["confusion"]
+    assert len(conf) == 10 and sum(map(sum, conf)) == 10000
+    assert abs(sum(conf[k][k] for k in range(10)) / 10000 - result["accuracy"]) < 1e-9
+    for name in ("confusion.png", "misclassified.png"):
+        assert Image.open(tmp_path / "plots" / name).size[0] > 300
+    text = run_cli("evaluate", trained_model_path, check=True).stdout
+    assert "accuracy:" in text and "confusion matrix" in text
+
+
+def test_ensemble(trained_model_path, tiny_model_path):
+    result = json.loads(run_cli("evaluate", trained_model_path, tiny_model_path, "--json", check=True).stdout)
+    assert result["models"] == 2 and result["accuracy"] > 0.9
+
+
+def test_show(tmp_path):
+    term = run_cli("show", "--index", "0", check=True).stdout
+    assert "█" in term and "label 7" in term
+    run_cli("show", "--index", "0", "--out", tmp_path / "seven.png", check=True)
+    assert Image.open(tmp_path / "seven.png").format == "PNG"
+    bad = run_cli("show", "--index", "10000")
+    assert bad.returncode == 2 and "out of range" in bad.stderr
+
+
+def test_bad_model_file_no_traceback(tmp_path):
+    p = tmp_path / "bad.safetensors"
+    p.write_bytes(b"\x00" * 40)
+    proc = run_cli("evaluate", p)
+    assert proc.returncode == 2 and "bad.safetensors" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_data_is_explained(tmp_path, tiny_model_path):
+    proc = run_cli("evaluate", tiny_model_path, "--data-dir", tmp_path)
+    assert proc.returncode == 2 and "lacks" in proc.stderr and "Traceback" not in proc.stderr
