@@ -198,7 +198,7 @@ def test_download_bad_file_leaves_nothing(tmp_path, good_files, damage):
     message = str(err.value)
     expected = {"truncated": "truncated", "wrong_checksum": "checksum mismatch", "missing": "404"}[damage]
     assert expected in message and name in message
-    assert f"Put the four files" in message and str(dest) in message
+    assert "Put the four files" in message and str(dest) in message
     assert not (dest / name).exists()
     assert not [p for p in dest.iterdir() if p.name.startswith(".")]  # no half-written temporary file
     assert (dest / "t10k-images-idx3-ubyte.gz").exists()  # the good files are kept
