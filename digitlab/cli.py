@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="model file to write (default: model.safetensors)")
     p.add_argument("--resume", metavar="CHECKPOINT", help="continue an interrupted run from its checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes on this machine (launches torchrun; --batch-size is global)")
     _data_args(p)
 
     sub.add_parser("recipes", help="list the training recipes and their settings")
@@ -102,7 +104,18 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
+    import os
+
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        # A convenience for `torchrun --standalone --nproc-per-node N -m digitlab train ...`.
+        import subprocess
+
+        rest = [a for i, a in enumerate(argv) if a != "--nproc" and (i == 0 or argv[i - 1] != "--nproc")
+                and not a.startswith("--nproc=")]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+               "-m", "digitlab", *rest]
+        return subprocess.run(cmd).returncode
     from digitlab.train import TrainConfig, config_from_recipe, train
 
     # Only what the user typed overrides the recipe (0 is a value: compare by identity, not equality).
@@ -231,14 +244,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"summary": cmd_summary, "train": cmd_train, "recipes": cmd_recipes, "evaluate": cmd_evaluate,
+COMMANDS = {"summary": cmd_summary, "recipes": cmd_recipes, "evaluate": cmd_evaluate,
             "predict": cmd_predict, "show": cmd_show, "serve": cmd_serve, "import-keras": cmd_import_keras,
             "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "train":
+            return cmd_train(args, argv)
         return COMMANDS[args.command](args)
     except DigitlabError as e:
         print(f"digitlab: error: {e}", file=sys.stderr)

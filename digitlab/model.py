@@ -64,10 +64,12 @@ def layer_specs(cfg: ArchConfig) -> list[Layer]:
         channels, size = width, size - 2
         if cfg.batchnorm:
             layers.append((name("batch_normalization"), "BatchNormalization", {"features": width}))
-        layers.append((name("re_lu"), "ReLU", {}))
+        # Pool, then ReLU: max-pooling commutes with ReLU (both monotonic), so the result and the
+        # gradients are the same as Keras's conv-relu-pool, but ReLU and its backward touch 4x fewer values.
         if i in cfg.pool_after:
             layers.append((name("max_pooling2d"), "MaxPooling2D", {"size": 2}))
             size //= 2
+        layers.append((name("re_lu"), "ReLU", {}))
     if size < 1:
         raise ModelFileError(f"architecture {cfg} shrinks a 28x28 image to nothing")
     layers.append((name("flatten"), "Flatten", {}))

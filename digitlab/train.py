@@ -235,7 +235,9 @@ def train(config: TrainConfig | None = None, **overrides: Any):
 
     torch.manual_seed(config.seed)
     arch = ARCHITECTURES[config.arch]
-    net = build_torch(arch).to(device)
+    # channels-last: oneDNN's convolutions and max-pooling are much faster in NHWC on CPU (23 vs 34 ms
+    # per step of 64 here); the batches are converted as they are cut.
+    net = build_torch(arch).to(device, memory_format=torch.channels_last)
     model = net
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(net)
@@ -276,7 +278,7 @@ def train(config: TrainConfig | None = None, **overrides: Any):
                 idx = perm[step * config.batch_size:(step + 1) * config.batch_size]
                 if world > 1:
                     idx = idx.tensor_split(world)[rank]
-                xb = x_train[idx].float().div_(255.0)
+                xb = x_train[idx].float().div_(255.0).contiguous(memory_format=torch.channels_last)
                 yb = y_train[idx]
                 if config.augment:
                     xb = augment_batch(xb, torch.Generator().manual_seed(_seed_for(config.seed, epoch, step)))

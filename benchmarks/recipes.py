@@ -1,0 +1,64 @@
+"""Accuracy and time of a training recipe over several seeds: the README's recipe table.
+
+    python benchmarks/recipes.py --recipe seed --seeds 0 1 2      # the tutorial's recipe, 3 seeds
+
+Prints one line per seed and a markdown row (mean +- std), and writes the figures as JSON into
+benchmarks/results/. Needs MNIST via --data-dir or $DIGITLAB_DATA_DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from digitlab.train import config_from_recipe, train
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--recipe", default="seed")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--data-dir")
+    ap.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    args = ap.parse_args()
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            extra = {"epochs": args.epochs} if args.epochs else {}
+            cfg = config_from_recipe(args.recipe, seed=seed, data_dir=args.data_dir, quiet=True,
+                                     out=str(Path(tmp) / f"{seed}.safetensors"), **extra)
+            t0 = time.perf_counter()
+            model = train(cfg)
+            total = time.perf_counter() - t0
+            secs = model.metadata["history"]["seconds"]
+            acc = model.metadata["test_metrics"]["accuracy"]
+            runs.append({"seed": seed, "test_accuracy": acc, "seconds_per_epoch": statistics.mean(secs),
+                         "train_seconds": sum(secs), "total_seconds": total})
+            print(f"seed {seed}: test accuracy {100 * acc:.2f}%  {statistics.mean(secs):.1f} s/epoch  "
+                  f"{sum(secs):.0f} s training ({total:.0f} s with data loading and test)", flush=True)
+    accs = [100 * r["test_accuracy"] for r in runs]
+    sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+    spe = statistics.mean(r["seconds_per_epoch"] for r in runs)
+    print("\n| recipe | seeds | test accuracy (mean ± std) | median | s/epoch | training time | machine |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| {args.recipe} | {len(runs)} | {statistics.mean(accs):.2f} ± {sd:.2f}% | "
+          f"{statistics.median(accs):.2f}% | {spe:.1f} | {statistics.mean(r['train_seconds'] for r in runs):.0f} s"
+          f" | {machine()} |")
+    out = Path(__file__).parent / "results" / f"recipe-{args.recipe}.json"
+    out.write_text(json.dumps({"recipe": args.recipe, "machine": machine(), "runs": runs}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
