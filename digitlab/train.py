@@ -74,11 +74,13 @@ class TrainConfig:
 # Recipes are plain data: named sets of TrainConfig values. `seed` is exactly the tutorial.
 RECIPES: dict[str, dict[str, Any]] = {
     "seed": {},
-    # The shortest CPU time to 99% test accuracy we found: one epoch, larger batches, Adam with a
-    # one-cycle schedule.
-    "fast": {"epochs": 1, "batch_size": 128, "optimizer": "adam", "lr": 3e-3, "schedule": "onecycle"},
-    # Accuracy first: a wider batch-normalised net, augmentation, label smoothing, one-cycle, 15 epochs.
-    "best": {"arch": "wide-bn", "epochs": 15, "batch_size": 128, "optimizer": "adam", "lr": 3e-3,
+    # The shortest CPU time to 99% we found: the tutorial's net, Adam with a one-cycle schedule, 2 epochs.
+    # Chosen on a 10% validation split (1 epoch: 98.9-99.0% val; 2 epochs: 99.05%), never on the test set.
+    # Batch 64, not larger: on 2 CPU cores batch 128 costs more per image.
+    "fast": {"epochs": 2, "batch_size": 64, "optimizer": "adam", "lr": 2e-3, "schedule": "onecycle"},
+    # Accuracy first: a wider batch-normalised net, augmentation, label smoothing, one-cycle, 24 epochs
+    # (15 epochs gave 99.64%).
+    "best": {"arch": "wide-bn", "epochs": 24, "batch_size": 128, "optimizer": "adam", "lr": 3e-3,
              "schedule": "onecycle", "augment": True, "label_smoothing": 0.1, "weight_decay": 5e-4},
 }
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
