@@ -32,13 +32,17 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--data-dir")
     ap.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    ap.add_argument("--keep", metavar="DIR", help="keep the trained models in DIR (e.g. to evaluate an ensemble)")
     args = ap.parse_args()
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
+        if args.keep:
+            Path(args.keep).mkdir(parents=True, exist_ok=True)
+            tmp = args.keep
         for seed in args.seeds:
             extra = {"epochs": args.epochs} if args.epochs else {}
             cfg = config_from_recipe(args.recipe, seed=seed, data_dir=args.data_dir, quiet=True,
-                                     out=str(Path(tmp) / f"{seed}.safetensors"), **extra)
+                                     out=str(Path(tmp) / f"{args.recipe}-{seed}.safetensors"), **extra)
             t0 = time.perf_counter()
             model = train(cfg)
             total = time.perf_counter() - t0

@@ -60,14 +60,15 @@ def test_resume_gives_the_same_result(tmp_path, mnist_dir, stop_at):
     assert resumed.metadata["history"]["loss"] == ref.metadata["history"]["loss"]
 
 
-def test_sigint_stops_cleanly_and_resumes(tmp_path, mnist_dir):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_stops_cleanly_and_resumes(tmp_path, mnist_dir, sig):
     out = tmp_path / "sig.safetensors"
     cmd = [sys.executable, "-m", "digitlab", "train", "--epochs", "3", "--limit", "20000", "--out", str(out),
            "--data-dir", str(mnist_dir)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline().startswith("Epoch 1/3")
     time.sleep(1.5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "checkpoint saved to" in stderr and "Traceback" not in stderr
