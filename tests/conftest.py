@@ -27,13 +27,13 @@ def mnist(mnist_dir):
 
 @pytest.fixture(scope="session")
 def trained_model_path(tmp_path_factory, mnist_dir) -> Path:
-    """One real epoch on the full MNIST training set (the `fast` recipe: the tutorial's network, Adam,
+    """One real epoch on the full MNIST training set (the `fast` recipe cut to 1 epoch: the tutorial's net, Adam,
     one-cycle), shared by the tests that need a model that recognizes digits (end-to-end accuracy,
     preprocessing, server, browser). One epoch of the `seed` recipe lands anywhere in 97.7-98.4%."""
     from digitlab.train import train
 
     out = tmp_path_factory.mktemp("trained") / "mnist.safetensors"
-    train(recipe="fast", out=str(out), data_dir=str(mnist_dir), quiet=True, seed=0)
+    train(recipe="fast", epochs=1, out=str(out), data_dir=str(mnist_dir), quiet=True, seed=0)
     return out
 
 
