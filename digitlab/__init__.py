@@ -1,7 +1,7 @@
 """digitlab: train, evaluate, inspect and serve handwritten-digit recognizers.
 
-Nothing heavy is imported here: ``import digitlab`` is instant, and torch is imported only by
-training (inference runs on NumPy).
+Importing digitlab imports NumPy but not torch: training imports torch when it starts, and inference
+runs on onnxruntime or NumPy.
 """
 
 from __future__ import annotations
@@ -9,6 +9,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# The submodule digitlab.train is imported here, before the function of the same name is defined,
+# so that `from digitlab.train import TrainConfig` later cannot replace `digitlab.train` (the
+# function) with the module: Python sets that attribute only when it first loads the submodule.
+from digitlab import train as _train_module  # noqa: E402
 
 if TYPE_CHECKING:
     from digitlab.modelfile import DigitModel
@@ -24,9 +29,7 @@ def load(path: str) -> DigitModel:
 
 def train(config: TrainConfig | None = None, **overrides: Any) -> DigitModel:
     """Train a model (see digitlab.train.TrainConfig); returns the trained DigitModel."""
-    from digitlab.train import train as _train
-
-    return _train(config, **overrides)
+    return _train_module.train(config, **overrides)
 
 
 __all__ = ["__version__", "load", "train"]
