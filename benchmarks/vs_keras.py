@@ -120,7 +120,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--data-dir", default=os.environ.get("DIGITLAB_DATA_DIR"))
+    ap.add_argument("--report", action="store_true", help="only print the table of the last run's results")
     args = ap.parse_args()
+    if args.report:
+        print_table(json.loads((Path(__file__).parent / "results" / "vs_keras.json").read_text()))
+        return
     if not args.data_dir:
         sys.exit("set --data-dir or $DIGITLAB_DATA_DIR to the MNIST IDX files")
     data = Path(args.data_dir).resolve()
@@ -133,22 +137,26 @@ def main() -> None:
             print(f"run {r + 1} {name:>8}: {statistics.mean(res['epoch_seconds']):.1f} s/epoch, "
                   f"{100 * res['test_accuracy']:.2f}%", flush=True)
 
+    with open(Path(__file__).parent / "results" / "vs_keras.json", "w") as f:
+        json.dump(results, f, indent=2)
+    print_table(results)
+
+
+def print_table(results: dict[str, list[dict]]) -> None:
     def agg(name: str, key: str) -> float:
         vals = [statistics.mean(x[key]) if isinstance(x[key], list) else x[key] for x in results[name]]
         return statistics.mean(vals)
 
     rows = [("seconds per epoch", "epoch_seconds", "{:.1f}"), ("total training time, s", "train_seconds", "{:.0f}"),
-            ("test accuracy, %", "test_accuracy", "{:.2%}"), ("batch inference, images/s", "batch_images_per_s",
-                                                                "{:,.0f}"),
+            ("test accuracy, %", "test_accuracy", "{:.2%}"),
+            ("batch inference, images/s", "batch_images_per_s", "{:,.0f}"),
             ("single-image latency p50, ms", "latency_ms_p50", "{:.2f}"),
             ("single-image latency p95, ms", "latency_ms_p95", "{:.2f}"), ("peak RSS, MB", "peak_rss_mb", "{:.0f}")]
-    print(f"\n| ({args.runs} runs each, means) | Keras (tutorial) | digitlab | digitlab / Keras |")
+    print(f"\n| ({len(results['keras'])} runs each, means) | Keras (tutorial) | digitlab | digitlab / Keras |")
     print("|---|---|---|---|")
     for label, key, fmt in rows:
         k, d = agg("keras", key), agg("digitlab", key)
-        print(f"| {label} | {fmt.format(k).rstrip('%')} | {fmt.format(d).rstrip('%')} | {d / k:.2f}x |")
-    with open(Path(__file__).parent / "results" / "vs_keras.json", "w") as f:
-        json.dump(results, f, indent=2)
+        print(f"| {label} | {fmt.format(k).rstrip('%')} | {fmt.format(d).rstrip('%')} | {d / k:.3g}x |")
 
 
 if __name__ == "__main__":
