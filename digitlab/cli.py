@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model (defaults: the tutorial's recipe)")
     p.add_argument("--recipe", default="seed", help="seed (the tutorial), fast or best; see `digitlab recipes`")
-    p.add_argument("--arch", help="architecture (tutorial, wide-bn)")
+    p.add_argument("--arch", help="architecture (tutorial, wide-bn, deep-bn)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="learning rate")

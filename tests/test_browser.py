@@ -94,3 +94,19 @@ def test_draw_digit(page, digit, strokes):
     assert lit > 10
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"drawn-{digit}.png"))
+
+
+def test_readable_on_a_phone(page):
+    """A phone-sized viewport: nothing wider than the screen, the pad and the answer both on the page."""
+    page.set_viewport_size({"width": 390, "height": 844})
+    try:
+        page.click("#clear")
+        draw(page, [[(0.5, 0.15), (0.5, 0.85)]])
+        assert shown_digit(page, "1") == "1"
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        pad = page.locator("#pad").bounding_box()
+        assert pad["x"] >= 0 and pad["x"] + pad["width"] <= 390
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / "phone.png"), full_page=True)
+    finally:
+        page.set_viewport_size({"width": 900, "height": 700})

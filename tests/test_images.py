@@ -53,6 +53,16 @@ def test_output_is_centred_and_fits_20x20():
     assert abs(cy - 14) <= 1 and abs(cx - 14) <= 1
 
 
+def test_a_speck_of_dust_does_not_shrink_the_digit():
+    im = Image.new("L", (600, 600), 255)
+    ImageDraw.Draw(im).line([(300, 150), (300, 450)], fill=0, width=30)
+    clean = to_mnist(im)
+    ImageDraw.Draw(im).ellipse([560, 560, 566, 566], fill=0)  # a dot far away in the corner
+    dusty = to_mnist(im)
+    assert np.abs(clean.astype(int) - dusty.astype(int)).max() <= 8
+    assert (dusty > 128).sum(axis=0).max() >= 18  # still a full-height stroke, not a shrunken one
+
+
 def test_thin_pen_strokes_are_thickened():
     im = Image.new("L", (1200, 1200), 255)
     ImageDraw.Draw(im).line([(600, 100), (600, 1100)], fill=0, width=6)  # a "1" in fine pen
