@@ -147,12 +147,11 @@ def load(path: str | Path) -> DigitModel:
     data = path.read_bytes()
     try:
         arrays = st_load(data)
-        header_len = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8:8 + header_len])
+        header = safetensors_metadata(data)
     except (SafetensorError, ValueError) as e:
         hint = " (a Keras file? name it .h5 or .keras)" if data[:4] in (b"\x89HDF", b"PK\x03\x04") else ""
         raise ModelFileError(f"{path}: not a valid model file: truncated or corrupt ({e}){hint}") from None
-    raw = (header.get("__metadata__") or {}).get("digitlab")
+    raw = header.get("digitlab")
     if raw is None:
         raise ModelFileError(f"{path}: a safetensors file, but not a digitlab model (no 'digitlab' metadata)")
     try:
@@ -173,6 +172,13 @@ def load(path: str | Path) -> DigitModel:
         raise ModelFileError(f"{path}: bad or missing architecture config ({e})") from None
     check_weights(path, arch, arrays)
     return DigitModel(arch, arrays, meta)
+
+
+def safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The string-to-string metadata in a safetensors file's JSON header (the format: 8 bytes of
+    little-endian header length, then the header). Call after the file has parsed as safetensors."""
+    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    return header.get("__metadata__") or {}
 
 
 def check_weights(path: Path | str, arch: ArchConfig, arrays: dict[str, np.ndarray]) -> None:

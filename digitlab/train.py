@@ -430,14 +430,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     from safetensors import SafetensorError
     from safetensors.torch import load as st_load
 
+    from digitlab.modelfile import safetensors_metadata
+
     path = Path(path)
     if not path.is_file():
         raise DigitlabError(f"resume: no such checkpoint {path}")
     data = path.read_bytes()
     try:
         tensors = st_load(data)
-        header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
-        meta = json.loads(header["__metadata__"]["digitlab_checkpoint"])
+        meta = json.loads(safetensors_metadata(data)["digitlab_checkpoint"])
     except (SafetensorError, ValueError, KeyError, TypeError) as e:
         raise DigitlabError(f"{path}: not a digitlab checkpoint, or truncated/corrupt ({e})") from None
     scalars = set(meta["scalar_keys"])

@@ -80,6 +80,13 @@ def test_signal_stops_cleanly_and_resumes(tmp_path, mnist_dir, sig):
     assert len(digitlab.load(out).metadata["history"]["loss"]) == 3
 
 
+def test_corrupt_checkpoint_is_refused(tmp_path):
+    bad = tmp_path / "run.ckpt.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
+    with pytest.raises(DigitlabError, match="run.ckpt.safetensors: not a digitlab checkpoint"):
+        train(resume=str(bad))
+
+
 def test_bad_settings_are_named():
     with pytest.raises(DigitlabError, match="epochs: must be >= 1"):
         train(epochs=0)
