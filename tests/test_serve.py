@@ -104,8 +104,17 @@ def test_bomb_is_refused(client):
 
 def test_upload_over_limit_is_413(client):
     r = client.post("/api/predict", files={"file": ("big.png", b"\x00" * 300_000, "image/png")})
-    assert r.status_code == 413
+    assert r.status_code == 413 and "larger than the limit of 262144 bytes" in r.json()["detail"]
     assert client.get("/api/health").status_code == 200
+
+
+def test_streamed_body_over_limit_is_413(client):
+    def chunks():  # no Content-Length: the limit is counted while the body streams in
+        for _ in range(40):
+            yield b"\x00" * 16384
+
+    r = client.post("/api/predict", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
 
 
 def test_missing_file_field_and_wrong_content_type(client):

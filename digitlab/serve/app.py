@@ -8,6 +8,7 @@ loop keeps answering other clients; NumPy releases the GIL in its matrix product
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -126,10 +127,42 @@ async def _read_inputs(request: Request, batch: bool) -> tuple[list[np.ndarray],
                    "(an image file) or application/json (pixels)")
 
 
+class JSONTooLarge:
+    """Starlette answers an over-limit body with a plain-text 413; rewrite it as our JSON error."""
+
+    def __init__(self, app, max_upload: int):
+        self.app, self.max_upload = app, max_upload
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        replaced = False
+
+        async def send_json_413(message) -> None:
+            nonlocal replaced
+            if message["type"] == "http.response.start" and message["status"] == 413:
+                replaced = True
+                body = json.dumps({"detail": f"request body larger than the limit of {self.max_upload} bytes"})
+                await send({"type": "http.response.start", "status": 413, "headers": [
+                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body.encode()})
+            elif not replaced:  # the plain-text body of a replaced answer is dropped
+                await send(message)
+
+        await self.app(scope, receive, send_json_413)
+
+
+class _App(FastAPI):
+    # FastAPI puts its body-size limit outside user middleware, so the 413 is rewritten around the
+    # whole stack rather than with add_middleware.
+    def build_middleware_stack(self):
+        return JSONTooLarge(super().build_middleware_stack(), self.max_body_size)
+
+
 def create_app(model: DigitModel | str | Path, max_upload: int = 4 * 1024 * 1024) -> FastAPI:
     """The ASGI app for a model (or a model file path); max_upload bounds every request body."""
     model = model if isinstance(model, DigitModel) else load(model)
-    app = FastAPI(title="digitlab", version=__version__, max_body_size=max_upload,
+    app = _App(title="digitlab", version=__version__, max_body_size=max_upload,
                   description="Handwritten-digit recognition. Images are preprocessed MNIST-style "
                               "(grayscale, ink bright, cropped, fit to 20x20, centred by mass in 28x28).")
 
