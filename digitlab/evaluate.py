@@ -49,8 +49,10 @@ def ensemble_predict(models: Sequence[DigitModel], images: np.ndarray) -> np.nda
     return probs / len(models)
 
 
-def evaluate(models: DigitModel | Sequence[DigitModel], images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    """Metrics of a model (or an ensemble) on images (N, 28, 28) uint8 with labels (N,)."""
+def evaluate(models: DigitModel | Sequence[DigitModel], images: np.ndarray,
+             labels: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
+    """Metrics of a model (or an ensemble) on images (N, 28, 28) uint8 with labels (N,), and the
+    (N, classes) probabilities they were computed from."""
     models = [models] if isinstance(models, DigitModel) else list(models)
     probs = ensemble_predict(models, images)
     result = metrics_from_probs(probs, labels, models[0].classes)
