@@ -60,8 +60,11 @@ def main() -> None:
     print(f"| {args.recipe} | {len(runs)} | {statistics.mean(accs):.2f} ± {sd:.2f}% | "
           f"{statistics.median(accs):.2f}% | {spe:.1f} | {statistics.mean(r['train_seconds'] for r in runs):.0f} s"
           f" | {machine()} |")
-    out = Path(__file__).parent / "results" / f"recipe-{args.recipe}.json"
-    out.write_text(json.dumps({"recipe": args.recipe, "machine": machine(), "runs": runs}, indent=2))
+    # A run with other epochs than the recipe's is an experiment: it must not overwrite the recipe's figures.
+    name = f"recipe-{args.recipe}" + (f"-{args.epochs}ep" if args.epochs else "")
+    out = Path(__file__).parent / "results" / f"{name}.json"
+    out.write_text(json.dumps({"recipe": args.recipe, "epochs_override": args.epochs, "machine": machine(),
+                               "runs": runs}, indent=2))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from dataclasses import fields
 
 from digitlab import __version__
 from digitlab.errors import DigitlabError
+from digitlab.model import ARCHITECTURES  # plain data (NumPy only): the help lists the names
 
 
 def _data_args(p: argparse.ArgumentParser, dataset: bool = True) -> None:
@@ -27,11 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("summary", help="print the model's layers, like Keras's model.summary()")
     p.add_argument("model", nargs="?", help="a model file (default: the tutorial architecture)")
-    p.add_argument("--arch", default="tutorial", help="architecture name when no model is given")
+    p.add_argument("--arch", default="tutorial",
+                   help=f"architecture when no model is given ({', '.join(ARCHITECTURES)})")
 
     p = sub.add_parser("train", help="train a model (defaults: the tutorial's recipe)")
     p.add_argument("--recipe", default="seed", help="seed (the tutorial), fast or best; see `digitlab recipes`")
-    p.add_argument("--arch", help="architecture (tutorial, wide-bn, deep-bn)")
+    p.add_argument("--arch", help=f"architecture ({', '.join(ARCHITECTURES)})")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="learning rate")
@@ -90,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from digitlab.model import ARCHITECTURES, summary
+    from digitlab.model import summary
 
     if args.model:
         from digitlab.modelfile import load

@@ -40,6 +40,8 @@ class ArchConfig:
 
 ARCHITECTURES: dict[str, ArchConfig] = {
     "tutorial": ArchConfig(),
+    # The tutorial's shape at 3/4 the width: 60k parameters, 58% of its multiply-adds; what `fast` trains.
+    "small": ArchConfig(convs=[24, 48, 48], dense=64),
     # Wider, batch-normalised, with dropout: what the `best` recipe trains.
     "wide-bn": ArchConfig(convs=[32, 64, 128], dense=128, batchnorm=True, dropout=0.25),
     # Two convs per pooling stage (24-32, pool, 48-64, pool): more depth at a cost 2.5x the tutorial's.

@@ -10,7 +10,9 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
 from digitlab.images import to_mnist
+from digitlab.model import ARCHITECTURES, count_params
 from digitlab.serve.app import create_app
+from digitlab.train import RECIPES
 from tests.test_images import bomb_png
 
 
@@ -30,7 +32,9 @@ def png_of_one() -> bytes:
 def test_health_and_model(client):
     assert client.get("/api/health").json() == {"status": "ok"}
     info = client.get("/api/model").json()
-    assert info["parameters"] == 93322 and info["architecture"] == "tutorial" and info["dataset"] == "mnist"
+    arch = RECIPES["fast"]["arch"]  # the fixture model is the fast recipe's
+    assert info["architecture"] == arch and info["dataset"] == "mnist"
+    assert info["parameters"] == count_params(ARCHITECTURES[arch]) > 50_000
     assert info["test_metrics"]["accuracy"] >= 0.98
 
 

@@ -11,7 +11,7 @@ import pytest
 
 import digitlab
 from digitlab.errors import DigitlabError
-from digitlab.train import TrainingInterrupted, checkpoint_path, config_from_recipe, history_path, train
+from digitlab.train import RECIPES, TrainingInterrupted, checkpoint_path, config_from_recipe, history_path, train
 
 QUICK = {"epochs": 2, "limit": 1500, "quiet": True}
 
@@ -22,7 +22,7 @@ def test_end_to_end_one_epoch_full_mnist(trained_model, mnist):
     assert acc >= 0.98, acc
     assert abs(trained_model.metadata["test_metrics"]["accuracy"] - acc) < 1e-3
     t = trained_model.metadata["training"]
-    assert (t["epochs"], t["train_images"], t["arch"]) == (1, 60000, "tutorial")
+    assert (t["epochs"], t["train_images"], t["arch"]) == (1, 60000, RECIPES["fast"]["arch"])
 
 
 def test_same_seed_same_weights(tmp_path, mnist_dir):

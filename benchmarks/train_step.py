@@ -1,0 +1,93 @@
+"""Where a training step's time goes: milliseconds per step and the top operators, per architecture.
+
+    python benchmarks/train_step.py                         # the tutorial's net, batch 64 (the seed recipe)
+    python benchmarks/train_step.py --arch small --batch-size 128 --optimizer adam   # the fast recipe's
+
+Runs the same step as `digitlab.train` (channels-last batch, forward, cross-entropy, backward, optimizer)
+on random data, so it needs no dataset. Also times the step split over two single-threaded processes
+(what `digitlab train --nproc 2 --threads 1` does, without the all-reduce) next to one two-threaded one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from digitlab.model import ARCHITECTURES, build_torch
+from digitlab.train import TrainConfig, make_optimizer
+
+
+def make_step(arch: str, batch: int, optimizer: str):
+    torch.manual_seed(0)
+    net = build_torch(ARCHITECTURES[arch]).to(memory_format=torch.channels_last)
+    opt = make_optimizer(TrainConfig(optimizer=optimizer), net.parameters())
+    x = torch.rand(batch, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+
+    def step() -> None:
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def ms_per_step(step, repeats: int = 5, steps: int = 40) -> float:
+    """Median over `repeats` timed blocks: these VMs are noisy, one block can be 30% off."""
+    for _ in range(10):
+        step()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        times.append((time.perf_counter() - t0) / steps * 1000)
+    return statistics.median(times)
+
+
+def _worker(args, batch: int, queue) -> None:
+    torch.set_num_threads(1)
+    queue.put(ms_per_step(make_step(args.arch, batch, args.optimizer)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--arch", default="tutorial", choices=list(ARCHITECTURES))
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--optimizer", default="rmsprop", choices=["rmsprop", "adam", "sgd"])
+    ap.add_argument("--top", type=int, default=12)
+    args = ap.parse_args()
+
+    step = make_step(args.arch, args.batch_size, args.optimizer)
+    one = ms_per_step(step)
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(args, args.batch_size // 2, queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    two = max(queue.get() for _ in procs)  # the slower rank sets the pace
+    for p in procs:
+        p.join()
+    print(f"{args.arch}, batch {args.batch_size}, {args.optimizer}, {torch.get_num_threads()} threads")
+    print(f"  one process:                      {one:6.2f} ms/step")
+    print(f"  two 1-thread processes, half each: {two:6.2f} ms/step (no all-reduce counted)")
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(30):
+            step()
+    rows = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)
+    print(f"\n  {'ms/step':>8}  operator  [input shapes]")
+    for e in rows[:args.top]:
+        shapes = ", ".join(str(s) for s in e.input_shapes[:2] if s)
+        print(f"  {e.self_cpu_time_total / 1000 / 30:8.2f}  {e.key}  [{shapes}]")
+
+
+if __name__ == "__main__":
+    main()
