@@ -105,3 +105,16 @@ def test_recipes_are_plain_data():
     assert (seed.epochs, seed.batch_size, seed.lr, seed.optimizer, seed.arch) == (5, 64, 1e-3, "rmsprop", "tutorial")
     best = config_from_recipe("best", epochs=2)
     assert best.augment and best.epochs == 2 and best.arch == "wide-bn"
+
+
+def test_device_choice_without_a_gpu(tmp_path, mnist_dir):
+    import torch
+
+    from digitlab.train import _pick_device
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: auto picks it")
+    assert _pick_device("auto", 0).type == "cpu"
+    with pytest.raises(DigitlabError, match="device: cuda requested, but PyTorch sees no CUDA GPU"):
+        train(device="cuda", data_dir=str(mnist_dir), out=str(tmp_path / "m.safetensors"), **QUICK)
+    assert not (tmp_path / "m.safetensors").exists()
