@@ -1,6 +1,7 @@
 """Accuracy and time of a training recipe over several seeds: the README's recipe table.
 
     python benchmarks/recipes.py --recipe seed --seeds 0 1 2      # the tutorial's recipe, 3 seeds
+    python benchmarks/recipes.py --recipe fast --device cuda       # the GPU figures (recipe-fast-cuda.json)
 
 Prints one line per seed and a markdown row (mean +- std), and writes the figures as JSON into
 benchmarks/results/. Needs MNIST via --data-dir or $DIGITLAB_DATA_DIR.
@@ -17,10 +18,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from digitlab.errors import DigitlabError
 from digitlab.train import config_from_recipe, train
 
 
-def machine() -> str:
+def machine(device: str = "cpu") -> str:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(0)
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     return f"{cpu}, {os.cpu_count()} cores"
@@ -32,6 +38,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--data-dir")
     ap.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="where to train (cuda: the GPU figures, bf16 autocast)")
     ap.add_argument("--keep", metavar="DIR", help="keep the trained models in DIR (e.g. to evaluate an ensemble)")
     args = ap.parse_args()
     runs = []
@@ -41,13 +49,14 @@ def main() -> None:
             tmp = args.keep
         for seed in args.seeds:
             extra = {"epochs": args.epochs} if args.epochs else {}
-            cfg = config_from_recipe(args.recipe, seed=seed, data_dir=args.data_dir, quiet=True,
+            cfg = config_from_recipe(args.recipe, seed=seed, data_dir=args.data_dir, quiet=True, device=args.device,
                                      out=str(Path(tmp) / f"{args.recipe}-{seed}.safetensors"), **extra)
             t0 = time.perf_counter()
             model = train(cfg)
             total = time.perf_counter() - t0
             secs = model.metadata["history"]["seconds"]
             acc = model.metadata["test_metrics"]["accuracy"]
+            device = model.metadata["training"]["device"]  # what "auto" resolved to
             runs.append({"seed": seed, "test_accuracy": acc, "seconds_per_epoch": statistics.mean(secs),
                          "train_seconds": sum(secs), "total_seconds": total})
             print(f"seed {seed}: test accuracy {100 * acc:.2f}%  {statistics.mean(secs):.1f} s/epoch  "
@@ -59,13 +68,17 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     print(f"| {args.recipe} | {len(runs)} | {statistics.mean(accs):.2f} ± {sd:.2f}% | "
           f"{statistics.median(accs):.2f}% | {spe:.1f} | {statistics.mean(r['train_seconds'] for r in runs):.0f} s"
-          f" | {machine()} |")
-    # A run with other epochs than the recipe's is an experiment: it must not overwrite the recipe's figures.
-    name = f"recipe-{args.recipe}" + (f"-{args.epochs}ep" if args.epochs else "")
+          f" | {machine(device)} |")
+    # Another device or other epochs than the recipe's must not overwrite the recipe's CPU figures.
+    name = (f"recipe-{args.recipe}" + (f"-{args.epochs}ep" if args.epochs else "")
+            + ("-cuda" if device == "cuda" else ""))
     out = Path(__file__).parent / "results" / f"{name}.json"
-    out.write_text(json.dumps({"recipe": args.recipe, "epochs_override": args.epochs, "machine": machine(),
+    out.write_text(json.dumps({"recipe": args.recipe, "epochs_override": args.epochs, "machine": machine(device),
                                "runs": runs}, indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DigitlabError as e:  # e.g. --device cuda where there is no GPU: the message, not a traceback
+        raise SystemExit(f"recipes.py: {e}") from None
