@@ -128,9 +128,9 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    from digitlab.train import config_from_recipe
+    from digitlab.train import RECIPES, config_from_recipe
 
-    for name in ("seed", "fast", "best"):
+    for name in RECIPES:
         cfg = config_from_recipe(name)
         keys = ("arch", "epochs", "batch_size", "optimizer", "lr", "schedule", "augment", "label_smoothing",
                 "weight_decay")
