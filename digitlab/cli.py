@@ -11,6 +11,7 @@ from dataclasses import fields
 from digitlab import __version__
 from digitlab.errors import DigitlabError
 from digitlab.model import ARCHITECTURES  # plain data (NumPy only): the help lists the names
+from digitlab.serve import MAX_UPLOAD
 
 
 def _data_args(p: argparse.ArgumentParser, dataset: bool = True) -> None:
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-upload", type=int, default=4 * 1024 * 1024, help="largest request body in bytes")
+    p.add_argument("--max-upload", type=int, default=MAX_UPLOAD, help="largest request body in bytes")
 
     p = sub.add_parser("import-keras", help="convert a Keras .h5/.keras file of the tutorial's network")
     p.add_argument("file", metavar="FILE")

@@ -23,6 +23,7 @@ from digitlab.errors import ImageError
 from digitlab.images import load_image, to_mnist
 from digitlab.modelfile import DigitModel, load
 from digitlab.predict import predict_records
+from digitlab.serve import MAX_UPLOAD
 
 STATIC = Path(__file__).parent / "static"
 MAX_BATCH = 64
@@ -159,7 +160,7 @@ class _App(FastAPI):
         return JSONTooLarge(super().build_middleware_stack(), self.max_body_size)
 
 
-def create_app(model: DigitModel | str | Path, max_upload: int = 4 * 1024 * 1024) -> FastAPI:
+def create_app(model: DigitModel | str | Path, max_upload: int = MAX_UPLOAD) -> FastAPI:
     """The ASGI app for a model (or a model file path); max_upload bounds every request body."""
     model = model if isinstance(model, DigitModel) else load(model)
     app = _App(title="digitlab", version=__version__, max_body_size=max_upload,
@@ -209,7 +210,7 @@ def create_app(model: DigitModel | str | Path, max_upload: int = 4 * 1024 * 1024
     return app
 
 
-def run(model_path: str, host: str = "127.0.0.1", port: int = 8000, max_upload: int = 4 * 1024 * 1024) -> None:
+def run(model_path: str, host: str = "127.0.0.1", port: int = 8000, max_upload: int = MAX_UPLOAD) -> None:
     import uvicorn
 
     app = create_app(model_path, max_upload=max_upload)
