@@ -3,8 +3,9 @@
     python benchmarks/recipes.py --recipe seed --seeds 0 1 2      # the tutorial's recipe, 3 seeds
     python benchmarks/recipes.py --recipe fast --device cuda       # the GPU figures (recipe-fast-cuda.json)
 
-Prints one line per seed and a markdown row (mean +- std), and writes the figures as JSON into
-benchmarks/results/. Needs MNIST via --data-dir or $DIGITLAB_DATA_DIR.
+Prints one line per seed and a markdown row (mean +- std), and with several seeds the test accuracy of
+their ensemble (averaged probabilities, as `digitlab evaluate m1 m2 m3`); writes the figures as JSON
+into benchmarks/results/. Needs MNIST via --data-dir or $DIGITLAB_DATA_DIR.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 from digitlab.errors import DigitlabError
+from digitlab.evaluate import evaluate
 from digitlab.train import config_from_recipe, train
 
 
@@ -42,7 +44,7 @@ def main() -> None:
                     help="where to train (cuda: the GPU figures, bf16 autocast)")
     ap.add_argument("--keep", metavar="DIR", help="keep the trained models in DIR (e.g. to evaluate an ensemble)")
     args = ap.parse_args()
-    runs = []
+    runs, models = [], []
     with tempfile.TemporaryDirectory() as tmp:
         if args.keep:
             Path(args.keep).mkdir(parents=True, exist_ok=True)
@@ -53,6 +55,7 @@ def main() -> None:
                                      out=str(Path(tmp) / f"{args.recipe}-{seed}.safetensors"), **extra)
             t0 = time.perf_counter()
             model = train(cfg)
+            models.append(model)
             total = time.perf_counter() - t0
             secs = model.metadata["history"]["seconds"]
             acc = model.metadata["test_metrics"]["accuracy"]
@@ -61,6 +64,13 @@ def main() -> None:
                          "train_seconds": sum(secs), "total_seconds": total})
             print(f"seed {seed}: test accuracy {100 * acc:.2f}%  {statistics.mean(secs):.1f} s/epoch  "
                   f"{sum(secs):.0f} s training ({total:.0f} s with data loading and test)", flush=True)
+    ensemble = None
+    if len(models) > 1:
+        from digitlab.data import load_mnist
+
+        data = load_mnist(args.data_dir)
+        ensemble = evaluate(models, data.test_images, data.test_labels)[0]["accuracy"]
+        print(f"ensemble of the {len(models)} models: test accuracy {100 * ensemble:.2f}%")
     accs = [100 * r["test_accuracy"] for r in runs]
     sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
     spe = statistics.mean(r["seconds_per_epoch"] for r in runs)
@@ -74,7 +84,7 @@ def main() -> None:
             + ("-cuda" if device == "cuda" else ""))
     out = Path(__file__).parent / "results" / f"{name}.json"
     out.write_text(json.dumps({"recipe": args.recipe, "epochs_override": args.epochs, "machine": machine(device),
-                               "runs": runs}, indent=2))
+                               "runs": runs, "ensemble_test_accuracy": ensemble}, indent=2))
 
 
 if __name__ == "__main__":

@@ -5,12 +5,15 @@
 
 Runs the same step as `digitlab.train` (channels-last batch, forward, cross-entropy, backward, optimizer)
 on random data, so it needs no dataset. Also times the step split over two single-threaded processes
-(what `digitlab train --nproc 2 --threads 1` does, without the all-reduce) next to one two-threaded one.
+(what `digitlab train --nproc 2 --threads 1` does, without the all-reduce) next to one two-threaded one,
+and the arithmetic floor: the step's multiply-adds at the speed of the machine's best large matrix
+multiply (MKL sgemm, measured here), i.e. what no float32 kernel can beat.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing as mp
 import statistics
 import time
@@ -18,7 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from digitlab.model import ARCHITECTURES, build_torch
+from digitlab.model import ARCHITECTURES, build_torch, layer_specs
 from digitlab.train import TrainConfig, make_optimizer
 
 
@@ -35,6 +38,38 @@ def make_step(arch: str, batch: int, optimizer: str):
         loss.backward()
         opt.step()
     return step
+
+
+def train_flops_per_image(arch: str) -> float:
+    """Floating-point operations of one training example: forward, plus weight gradients (as many as
+    forward), plus input gradients for every layer but the first (the image needs none)."""
+    size, total, first = 28, 0.0, None
+    for _, kind, s in layer_specs(ARCHITECTURES[arch]):
+        if kind == "Conv2D":
+            size -= s["kernel"] - 1
+            f = 2.0 * size * size * s["out"] * s["in"] * s["kernel"] ** 2
+        elif kind == "MaxPooling2D":
+            size //= s["size"]
+            continue
+        elif kind == "Dense":
+            f = 2.0 * s["in"] * s["out"]
+        else:
+            continue
+        first = f if first is None else first
+        total += f
+    return 3 * total - first
+
+
+def sgemm_gflops() -> float:
+    """The best of a few large float32 matrix multiplies: the practical peak of this machine."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    best = 0.0
+    for _ in range(5):
+        t0 = time.perf_counter()
+        a @ b
+        best = max(best, 2 * 2048**3 / (time.perf_counter() - t0) / 1e9)
+    return best
 
 
 def ms_per_step(step, repeats: int = 5, steps: int = 40) -> float:
@@ -76,6 +111,12 @@ def main() -> None:
     print(f"{args.arch}, batch {args.batch_size}, {args.optimizer}, {torch.get_num_threads()} threads")
     print(f"  one process:                      {one:6.2f} ms/step")
     print(f"  two 1-thread processes, half each: {two:6.2f} ms/step (no all-reduce counted)")
+    flops = train_flops_per_image(args.arch) * args.batch_size
+    peak = sgemm_gflops()
+    floor = flops / peak / 1e6
+    epoch = floor * math.ceil(60000 / args.batch_size) / 1000
+    print(f"  arithmetic floor:                  {floor:6.2f} ms/step ({flops / 1e9:.2f} GFLOP at the "
+          f"{peak:.0f} GFLOP/s of sgemm here; {epoch:.1f} s per 60,000-image epoch)")
 
     from torch.profiler import ProfilerActivity, profile
 

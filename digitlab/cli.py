@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=["rmsprop", "adam", "sgd"])
     p.add_argument("--schedule", choices=["constant", "onecycle"])
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--elastic", type=float, metavar="PIXELS",
+                   help="with --augment: elastic distortion of this strength (0 = off)")
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--val-split", type=float, help="fraction of the training set held out for validation")
@@ -123,7 +125,7 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
 
     # Only what the user typed overrides the recipe (0 is a value: compare by identity, not equality).
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
-             if f.name != "recipe" and getattr(args, f.name, None) is not None and getattr(args, f.name) is not False}
+             if f.name != "recipe" and getattr(args, f.name, None) is not None}
     train(config_from_recipe(args.recipe, **given))
     return 0
 
@@ -133,8 +135,8 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
     for name in RECIPES:
         cfg = config_from_recipe(name)
-        keys = ("arch", "epochs", "batch_size", "optimizer", "lr", "schedule", "augment", "label_smoothing",
-                "weight_decay")
+        keys = ("arch", "epochs", "batch_size", "optimizer", "lr", "schedule", "augment", "elastic",
+                "label_smoothing", "weight_decay")
         print(f"{name:>5}: " + ", ".join(f"{k}={getattr(cfg, k)}" for k in keys))
     return 0
 

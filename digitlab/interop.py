@@ -180,7 +180,7 @@ def onnx_model(arch: ArchConfig, weights: dict[str, np.ndarray]):  # -> onnx.Mod
         y = f"{name}_out"
         if kind == "Conv2D":
             nodes.append(helper.make_node("Conv", [x, f"{name}.weight", f"{name}.bias"], [y],
-                                          kernel_shape=[s["kernel"]] * 2))
+                                          kernel_shape=[s["kernel"]] * 2, strides=[s["stride"]] * 2))
         elif kind == "BatchNormalization":
             nodes.append(helper.make_node("BatchNormalization", [x, f"{name}.weight", f"{name}.bias",
                                           f"{name}.running_mean", f"{name}.running_var"], [y], epsilon=1e-3))

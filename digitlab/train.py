@@ -38,6 +38,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
     augment: bool = False  # random shifts, rotations and scaling (never flips: digits are not symmetric)
+    elastic: float = 0.0  # with augment: elastic distortion of this strength in pixels (Simard et al. 2003); 0 = off
     val_split: float = 0.0  # fraction held out from the end of the training set, as Keras does
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -63,6 +64,8 @@ class TrainConfig:
              f"schedule: expected constant or onecycle, got {self.schedule!r}"),
             (0 <= self.val_split < 1, f"val_split: must be in [0, 1), got {self.val_split}"),
             (0 <= self.label_smoothing < 1, f"label_smoothing: must be in [0, 1), got {self.label_smoothing}"),
+            (0 <= self.elastic <= 100, f"elastic: must be in [0, 100] pixels, got {self.elastic}"),
+            (self.augment or not self.elastic, "elastic: needs augment (it is part of the augmentation)"),
             (self.device in ("auto", "cpu", "cuda"), f"device: expected auto, cpu or cuda, got {self.device!r}"),
             (self.limit is None or self.limit >= 1, f"limit: must be >= 1, got {self.limit}"),
         ]
@@ -150,8 +153,10 @@ def make_optimizer(cfg: TrainConfig, params):
                            foreach=True)
 
 
-def augment_batch(x, generator):
-    """Random small rotations (+-10 deg), scaling (0.9-1.1) and shifts (+-2 px), one affine warp per image."""
+def augment_batch(x, generator, elastic: float = 0.0):
+    """Random small rotations (+-10 deg), scaling (0.9-1.1) and shifts (+-2 px), one affine warp per
+    image; with elastic > 0, also a smooth random displacement field (Simard et al. 2003: uniform noise
+    blurred by a Gaussian of sigma 4 px, scaled by `elastic` px), folded into the same warp."""
     import torch
     import torch.nn.functional as F
 
@@ -162,6 +167,18 @@ def augment_batch(x, generator):
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+    if elastic:
+        h, w = x.shape[-2:]
+        field = torch.rand(n, 2, h, w, generator=generator) * 2 - 1
+        sigma = 4.0
+        r = torch.arange(-8, 9, dtype=torch.float32)  # +-2 sigma: the tail adds nothing visible
+        k = torch.exp(-r**2 / (2 * sigma**2))
+        k /= k.sum()
+        # Separable blur, each of the two displacement channels on its own (groups=2).
+        field = F.conv2d(field, k.view(1, 1, 1, -1).expand(2, 1, 1, -1), padding=(0, 8), groups=2)
+        field = F.conv2d(field, k.view(1, 1, -1, 1).expand(2, 1, -1, 1), padding=(8, 0), groups=2)
+        # Pixels to normalised coordinates (the image spans 2.0), channels last as the grid wants them.
+        grid = grid + (field * elastic * 2 / torch.tensor([w, h]).view(1, 2, 1, 1)).permute(0, 2, 3, 1).to(x.device)
     return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
 
 
@@ -287,7 +304,8 @@ def train(config: TrainConfig | None = None, **overrides: Any):
                 xb = x_train[idx].float().div_(255.0).contiguous(memory_format=torch.channels_last)
                 yb = y_train[idx]
                 if config.augment:
-                    xb = augment_batch(xb, torch.Generator().manual_seed(_seed_for(config.seed, epoch, step)))
+                    xb = augment_batch(xb, torch.Generator().manual_seed(_seed_for(config.seed, epoch, step)),
+                                       config.elastic)
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(config, epoch * steps_per_epoch + step, total_steps)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):

@@ -27,6 +27,14 @@ def test_train_cli_small(tmp_path, mnist_dir):
     assert out.exists() and out.with_name("cli.history.json").exists()
 
 
+def test_train_flags_override_the_recipe_both_ways(tmp_path, mnist_dir):
+    out = tmp_path / "b.safetensors"
+    run_cli("train", "--recipe", "best", "--no-augment", "--epochs", "1", "--limit", "256", "--quiet",
+            "--out", out, "--data-dir", mnist_dir, check=True)
+    config = json.loads(out.with_name("b.history.json").read_text())["config"]
+    assert (config["recipe"], config["arch"], config["augment"], config["epochs"]) == ("best", "wide-bn", False, 1)
+
+
 def test_train_bad_option_is_a_clear_error(tmp_path):
     proc = run_cli("train", "--epochs", "0", "--out", tmp_path / "x.safetensors")
     assert proc.returncode == 2 and "epochs: must be >= 1" in proc.stderr and "Traceback" not in proc.stderr

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from digitlab.errors import ModelFileError
 from digitlab.model import ARCHITECTURES, ArchConfig, build_torch, count_params, numpy_forward, summary
 
 
@@ -63,3 +64,25 @@ def test_numpy_forward_equals_torch(arch):
     with torch.no_grad():
         expected = net(torch.from_numpy(x).unsqueeze(1)).numpy()
     assert np.abs(numpy_forward(cfg, weights, x) - expected).max() < 1e-4
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_onnx_graph_equals_numpy(arch):
+    """Every architecture (strided first conv, batch norm...) runs the same on onnxruntime as in NumPy."""
+    pytest.importorskip("onnxruntime")
+    from digitlab.modelfile import DigitModel
+
+    cfg = ARCHITECTURES[arch]
+    torch.manual_seed(2)
+    weights = {k: v.numpy() for k, v in build_torch(cfg).state_dict().items()}
+    x = np.random.default_rng(1).random((9, 28, 28), dtype=np.float32)
+    ort_probs = DigitModel(cfg, weights, {}, backend="onnxruntime").predict(x)
+    np_probs = DigitModel(cfg, weights, {}, backend="numpy").predict(x)
+    assert np.abs(ort_probs - np_probs).max() < 1e-5
+
+
+def test_strided_stem_shapes():
+    text = summary(ARCHITECTURES["lean-bn"])
+    assert "(None, 13, 13, 32)" in text and "(None, 3, 3, 128)" in text
+    with pytest.raises(ModelFileError, match="stem_stride must be >= 1"):
+        summary(ArchConfig(stem_stride=0))

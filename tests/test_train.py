@@ -100,6 +100,26 @@ def test_bad_settings_are_named():
         train(resume="/nonexistent.ckpt.safetensors")
 
 
+def test_elastic_distortion_is_smooth_seeded_and_checked(mnist):
+    import torch
+
+    from digitlab.train import augment_batch
+
+    x = torch.from_numpy(mnist.train_images[:64]).float().div(255).unsqueeze(1)
+    g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    affine, elastic = augment_batch(x, g()), augment_batch(x, g(), elastic=34)
+    assert torch.equal(elastic, augment_batch(x, g(), elastic=34))  # a function of the seed
+    assert elastic.shape == x.shape and 0 <= elastic.min() and elastic.max() <= 1
+    change = (elastic - affine).abs().mean() / affine.mean()
+    assert 0.1 < change < 1.5, change  # visibly different digits, not noise or blank images
+    # A smooth warp moves ink, it does not make or destroy it: the total stays within 15%.
+    assert torch.allclose(elastic.sum((1, 2, 3)), affine.sum((1, 2, 3)), rtol=0.15)
+    with pytest.raises(DigitlabError, match="elastic: needs augment"):
+        train(elastic=20)
+    with pytest.raises(DigitlabError, match=r"elastic: must be in \[0, 100\] pixels, got -1"):
+        train(augment=True, elastic=-1)
+
+
 def test_recipes_are_plain_data():
     seed = config_from_recipe("seed")
     assert (seed.epochs, seed.batch_size, seed.lr, seed.optimizer, seed.arch) == (5, 64, 1e-3, "rmsprop", "tutorial")
