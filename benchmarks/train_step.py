@@ -46,7 +46,7 @@ def train_flops_per_image(arch: str) -> float:
     size, total, first = 28, 0.0, None
     for _, kind, s in layer_specs(ARCHITECTURES[arch]):
         if kind == "Conv2D":
-            size -= s["kernel"] - 1
+            size = (size - s["kernel"]) // s["stride"] + 1
             f = 2.0 * size * size * s["out"] * s["in"] * s["kernel"] ** 2
         elif kind == "MaxPooling2D":
             size //= s["size"]

@@ -6,6 +6,7 @@ import json
 
 from PIL import Image, ImageDraw
 
+from digitlab.train import RECIPES
 from tests.conftest import run_cli
 
 
@@ -32,7 +33,8 @@ def test_train_flags_override_the_recipe_both_ways(tmp_path, mnist_dir):
     run_cli("train", "--recipe", "best", "--no-augment", "--epochs", "1", "--limit", "256", "--quiet",
             "--out", out, "--data-dir", mnist_dir, check=True)
     config = json.loads(out.with_name("b.history.json").read_text())["config"]
-    assert (config["recipe"], config["arch"], config["augment"], config["epochs"]) == ("best", "wide-bn", False, 1)
+    assert (config["recipe"], config["augment"], config["epochs"]) == ("best", False, 1)
+    assert config["arch"] == RECIPES["best"]["arch"]
 
 
 def test_train_bad_option_is_a_clear_error(tmp_path):

@@ -112,8 +112,10 @@ def test_elastic_distortion_is_smooth_seeded_and_checked(mnist):
     assert elastic.shape == x.shape and 0 <= elastic.min() and elastic.max() <= 1
     change = (elastic - affine).abs().mean() / affine.mean()
     assert 0.1 < change < 1.5, change  # visibly different digits, not noise or blank images
-    # A smooth warp moves ink, it does not make or destroy it: the total stays within 15%.
-    assert torch.allclose(elastic.sum((1, 2, 3)), affine.sum((1, 2, 3)), rtol=0.15)
+    # A smooth warp moves ink (thinning some strokes, thickening others), it does not make or destroy
+    # it: over the batch the total stays within 5%, and no digit loses most of its ink.
+    assert abs(elastic.sum() / affine.sum() - 1) < 0.05
+    assert (elastic.sum((1, 2, 3)) / affine.sum((1, 2, 3))).min() > 0.4
     with pytest.raises(DigitlabError, match="elastic: needs augment"):
         train(elastic=20)
     with pytest.raises(DigitlabError, match=r"elastic: must be in \[0, 100\] pixels, got -1"):
@@ -124,7 +126,7 @@ def test_recipes_are_plain_data():
     seed = config_from_recipe("seed")
     assert (seed.epochs, seed.batch_size, seed.lr, seed.optimizer, seed.arch) == (5, 64, 1e-3, "rmsprop", "tutorial")
     best = config_from_recipe("best", epochs=2)
-    assert best.augment and best.epochs == 2 and best.arch == "wide-bn"
+    assert best.augment and best.epochs == 2 and best.arch == "lean-bn"
 
 
 def test_device_choice_without_a_gpu(tmp_path, mnist_dir):
