@@ -43,14 +43,10 @@ def make_step(arch: str, batch: int, optimizer: str):
 def train_flops_per_image(arch: str) -> float:
     """Floating-point operations of one training example: forward, plus weight gradients (as many as
     forward), plus input gradients for every layer but the first (the image needs none)."""
-    size, total, first = 28, 0.0, None
+    total, first = 0.0, None
     for _, kind, s in layer_specs(ARCHITECTURES[arch]):
         if kind == "Conv2D":
-            size = (size - s["kernel"]) // s["stride"] + 1
-            f = 2.0 * size * size * s["out"] * s["in"] * s["kernel"] ** 2
-        elif kind == "MaxPooling2D":
-            size //= s["size"]
-            continue
+            f = 2.0 * s["side"] ** 2 * s["out"] * s["in"] * s["kernel"] ** 2
         elif kind == "Dense":
             f = 2.0 * s["in"] * s["out"]
         else:

@@ -74,15 +74,17 @@ def layer_specs(cfg: ArchConfig) -> list[Layer]:
     channels, size = 1, 28
     for i, width in enumerate(cfg.convs):
         k, stride = (cfg.stem_kernel, cfg.stem_stride) if i == 0 else (3, 1)
-        layers.append((name("conv2d"), "Conv2D", {"in": channels, "out": width, "kernel": k, "stride": stride}))
-        channels, size = width, (size - k) // stride + 1
+        side = (size - k) // stride + 1  # output height and width ("valid" convolution)
+        layers.append((name("conv2d"), "Conv2D", {"in": channels, "out": width, "kernel": k, "stride": stride,
+                                                  "side": side}))
+        channels, size = width, side
         if cfg.batchnorm:
             layers.append((name("batch_normalization"), "BatchNormalization", {"features": width}))
         # Pool, then ReLU: max-pooling commutes with ReLU (both monotonic), so the result and the
         # gradients are the same as Keras's conv-relu-pool, but ReLU and its backward touch 4x fewer values.
         if i in cfg.pool_after:
-            layers.append((name("max_pooling2d"), "MaxPooling2D", {"size": 2}))
             size //= 2
+            layers.append((name("max_pooling2d"), "MaxPooling2D", {"size": 2, "side": size}))
         layers.append((name("re_lu"), "ReLU", {}))
     if size < 1:
         raise ModelFileError(f"architecture {cfg} shrinks a 28x28 image to nothing")
@@ -165,10 +167,9 @@ def summary(cfg: ArchConfig) -> str:
         if kind == "ReLU":
             continue  # Keras folds activations into the layer before
         if kind == "Conv2D":
-            side = (shape[0] - s["kernel"]) // s["stride"] + 1
-            shape = (side, side, s["out"])
+            shape = (s["side"], s["side"], s["out"])
         elif kind == "MaxPooling2D":
-            shape = (shape[0] // 2, shape[1] // 2, shape[2])
+            shape = (s["side"], s["side"], shape[2])
         elif kind == "Flatten":
             shape = (int(np.prod(shape)),)
         elif kind == "Dense":
