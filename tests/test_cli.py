@@ -34,7 +34,7 @@ def test_train_flags_override_the_recipe_both_ways(tmp_path, mnist_dir):
             "--out", out, "--data-dir", mnist_dir, check=True)
     config = json.loads(out.with_name("b.history.json").read_text())["config"]
     assert (config["recipe"], config["augment"], config["epochs"]) == ("best", False, 1)
-    assert config["arch"] == RECIPES["best"]["arch"]
+    assert config["arch"] == RECIPES["best"].arch
 
 
 def test_train_bad_option_is_a_clear_error(tmp_path):

@@ -130,5 +130,5 @@ def test_onnx_export_matches(trained_model, mnist, tmp_path):
 
 def test_export_cli(trained_model_path, tmp_path):
     proc = run_cli("export", trained_model_path, "--onnx", tmp_path / "cli.onnx", check=True)
-    n_params = count_params(ARCHITECTURES[RECIPES["fast"]["arch"]])  # the fixture is the fast recipe's net
+    n_params = count_params(ARCHITECTURES[RECIPES["fast"].arch])  # the fixture is the fast recipe's net
     assert "cli.onnx" in proc.stdout and (tmp_path / "cli.onnx").stat().st_size > 4 * n_params

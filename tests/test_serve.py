@@ -32,7 +32,7 @@ def png_of_one() -> bytes:
 def test_health_and_model(client):
     assert client.get("/api/health").json() == {"status": "ok"}
     info = client.get("/api/model").json()
-    arch = RECIPES["fast"]["arch"]  # the fixture model is the fast recipe's
+    arch = RECIPES["fast"].arch  # the fixture model is the fast recipe's
     assert info["architecture"] == arch and info["dataset"] == "mnist"
     assert info["parameters"] == count_params(ARCHITECTURES[arch]) > 50_000
     assert info["test_metrics"]["accuracy"] >= 0.98

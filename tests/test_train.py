@@ -22,7 +22,7 @@ def test_end_to_end_one_epoch_full_mnist(trained_model, mnist):
     assert acc >= 0.98, acc
     assert abs(trained_model.metadata["test_metrics"]["accuracy"] - acc) < 1e-3
     t = trained_model.metadata["training"]
-    assert (t["epochs"], t["train_images"], t["arch"]) == (1, 60000, RECIPES["fast"]["arch"])
+    assert (t["epochs"], t["train_images"], t["arch"]) == (1, 60000, RECIPES["fast"].arch)
 
 
 def test_same_seed_same_weights(tmp_path, mnist_dir):
