@@ -42,6 +42,8 @@ def load_image(source: str | os.PathLike | bytes | IO[bytes], name: str | None =
                                  f"{MAX_PIXELS:,} (a decompression bomb?)", kind="too_large")
             im.load()
             im = ImageOps.exif_transpose(im)
+        if im.mode == "F" and not np.isfinite(np.asarray(im)).all():
+            raise ImageError(f"{label}: float image with NaN or infinite pixels; expected finite values")
     except ImageError:
         raise
     except FileNotFoundError:
@@ -61,6 +63,8 @@ def load_image(source: str | os.PathLike | bytes | IO[bytes], name: str | None =
 def _grayscale(im: Image.Image) -> np.ndarray:
     """Luminance as float32 0..255. Transparent regions become background: for dark ink on a
     transparent canvas (the common case for drawings) that is white, for light ink it is black."""
+    if im.mode.startswith("I") or im.mode == "F":
+        return _wide_grayscale(im)
     has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
     if not has_alpha:
         return np.asarray(im.convert("L"), dtype=np.float32)
@@ -72,6 +76,20 @@ def _grayscale(im: Image.Image) -> np.ndarray:
     opaque = alpha > 0.5
     background = 255.0 if (opaque.any() and lum[opaque].mean() < 128) else 0.0
     return lum * alpha + background * (1 - alpha)
+
+
+def _wide_grayscale(im: Image.Image) -> np.ndarray:
+    """16-bit, 32-bit integer and float images (scanners, microscopes, TIFFs from NumPy) on 0..255.
+    Pillow's convert("L") clips them at 255 instead of scaling, which turns a 16-bit scan white."""
+    a = np.asarray(im, dtype=np.float32)
+    top = float(a.max()) if a.size else 1.0
+    if im.mode.startswith("I;16"):
+        full = 65535.0
+    elif im.mode == "F" and top <= 1.0:
+        full = 1.0  # floats in [0, 1]
+    else:  # the narrowest usual range that holds the values: 8-bit, 16-bit, else the image's own maximum
+        full = 255.0 if top <= 255 else 65535.0 if top <= 65535 else top
+    return np.clip(a, 0, None) * (255.0 / full)
 
 
 def _border(a: np.ndarray) -> np.ndarray:

@@ -91,6 +91,30 @@ def test_formats(fmt, tmp_path):
     assert out.shape == (28, 28) and out.max() > 150
 
 
+@pytest.mark.parametrize("fmt, dtype, scale", [("PNG", np.uint16, 257), ("TIFF", np.uint16, 257),
+                                               ("TIFF", np.int32, 257), ("TIFF", np.float32, 1 / 255),
+                                               ("TIFF", np.float32, 1)])
+def test_wide_pixel_types_scale_like_8_bit(mnist, fmt, dtype, scale):
+    """A 16-bit scan, a 32-bit integer or a float TIFF of a digit gives the 8-bit file's input
+    (Pillow's own conversion to 8 bits clips them at 255: a 16-bit scan came out empty)."""
+    page = np.asarray(Image.fromarray(255 - mnist.test_images[0]).resize((112, 112), Image.BILINEAR))
+    wide = Image.fromarray((page.astype(np.float64) * scale).astype(dtype))
+    buf = io.BytesIO()
+    wide.save(buf, fmt)
+    out = to_mnist(load_image(buf.getvalue(), name="scan"))
+    assert out.max() > 200
+    np.testing.assert_array_equal(out, to_mnist(Image.fromarray(page)))
+
+
+def test_float_image_with_nan_is_refused():
+    a = np.zeros((40, 40), np.float32)
+    a[5, 5] = np.nan
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "TIFF")
+    with pytest.raises(ImageError, match="nan.tif: float image with NaN"):
+        load_image(buf.getvalue(), name="nan.tif")
+
+
 def test_not_an_image(tmp_path):
     p = tmp_path / "notes.png"
     p.write_text("hello")
