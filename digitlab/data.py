@@ -96,9 +96,11 @@ def cache_dir(dataset: str) -> Path:
 
 
 def _find_file(directory: Path, stem: str) -> Path | None:
-    for candidate in (directory / f"{stem}.gz", directory / stem):
-        if candidate.is_file():
-            return candidate
+    # The official names, then the dotted spelling some mirrors and Kaggle use (train-images.idx3-ubyte).
+    for name in (stem, stem.replace("-idx", ".idx")):
+        for candidate in (directory / f"{name}.gz", directory / name):
+            if candidate.is_file():
+                return candidate
     return None
 
 
@@ -247,7 +249,8 @@ def locate(dataset: str = "mnist", data_dir: str | Path | None = None, download_
         missing = [s for s in FILES if _find_file(folder, s) is None]
         raise DataError(
             f"{origin} is {folder}, but it lacks {', '.join(m + '.gz' for m in missing)} "
-            f"(expected the four {info.name} IDX files, gzip or raw, in that folder or in {folder / dataset})"
+            f"(expected the four {info.name} IDX files, gzip or raw, in that folder or in {folder / dataset}; "
+            "the dotted names such as train-images.idx3-ubyte are accepted too)"
         )
     cache = cache_dir(dataset)
     if _has_files(cache):

@@ -51,6 +51,19 @@ def test_raw_files_work_too(copy_dir):
     assert d.test_images.shape == (10000, 28, 28)
 
 
+def test_dotted_file_names_work_too(copy_dir):
+    """Kaggle's and some mirrors' spelling: train-images.idx3-ubyte, raw or gzip."""
+    for stem in STEMS:
+        dotted = stem.replace("-idx", ".idx")
+        if stem.startswith("t10k"):
+            (copy_dir / dotted).write_bytes(gzip.decompress((copy_dir / f"{stem}.gz").read_bytes()))
+            (copy_dir / f"{stem}.gz").unlink()
+        else:
+            (copy_dir / f"{stem}.gz").rename(copy_dir / f"{dotted}.gz")
+    d = data.load_mnist(copy_dir)
+    assert d.train_images.shape == (60000, 28, 28) and d.test_labels.shape == (10000,)
+
+
 def _replace(copy_dir: Path, stem: str, content: bytes, gz: bool = True) -> Path:
     (copy_dir / f"{stem}.gz").unlink()
     path = copy_dir / (f"{stem}.gz" if gz else stem)
