@@ -135,6 +135,10 @@ def save(path: str | Path, weights: dict[str, np.ndarray], metadata: dict[str, A
 def load(path: str | Path) -> DigitModel:
     """Load a digitlab model file, or a Keras .h5/.keras file of the tutorial's architecture."""
     path = Path(path)
+    if path.is_dir():
+        what = " (a TensorFlow SavedModel: save it from Keras as .keras or .h5 instead)" \
+            if (path / "saved_model.pb").is_file() else ""
+        raise ModelFileError(f"{path}: is a directory, not a model file{what}")
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
     if path.suffix.lower() in (".h5", ".hdf5", ".keras"):
@@ -149,8 +153,10 @@ def load(path: str | Path) -> DigitModel:
         arrays = st_load(data)
         header = safetensors_metadata(data)
     except (SafetensorError, ValueError) as e:
-        hint = " (a Keras file? name it .h5 or .keras)" if data[:4] in (b"\x89HDF", b"PK\x03\x04") else ""
-        raise ModelFileError(f"{path}: not a valid model file: truncated or corrupt ({e}){hint}") from None
+        hint = _foreign_hint(path, data)
+        if hint:
+            raise ModelFileError(f"{path}: not a digitlab model file (expected safetensors){hint}") from None
+        raise ModelFileError(f"{path}: not a valid model file: truncated or corrupt ({e})") from None
     raw = header.get("digitlab")
     if raw is None:
         raise ModelFileError(f"{path}: a safetensors file, but not a digitlab model (no 'digitlab' metadata)")
@@ -172,6 +178,19 @@ def load(path: str | Path) -> DigitModel:
         raise ModelFileError(f"{path}: bad or missing architecture config ({e})") from None
     check_weights(path, arch, arrays)
     return DigitModel(arch, arrays, meta)
+
+
+def _foreign_hint(path: Path, data: bytes) -> str:
+    """What a file that is not safetensors probably is, and what to do about it."""
+    if path.suffix.lower() in (".pt", ".pth", ".ckpt", ".pkl", ".bin") or data[:1] == b"\x80" \
+            or (data[:4] == b"PK\x03\x04" and b"data.pkl" in data[:4096]):
+        return ("; it looks like a PyTorch/pickle file, which digitlab never loads (unpickling can run code); "
+                "save the weights with safetensors, or train or import a model with digitlab")
+    if path.suffix.lower() == ".onnx":
+        return "; ONNX is an export format here (`digitlab export`); digitlab loads its own files and Keras's"
+    if data[:4] in (b"\x89HDF", b"PK\x03\x04"):
+        return "; a Keras file? name it .h5 or .keras"
+    return ""
 
 
 def safetensors_metadata(data: bytes) -> dict[str, str]:

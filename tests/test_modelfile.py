@@ -61,6 +61,30 @@ def test_garbage_and_missing(tmp_path):
         digitlab.load(tmp_path / "nope.safetensors")
 
 
+def test_other_tools_files_are_named_not_unpickled(tmp_path):
+    """A PyTorch checkpoint is refused without being unpickled; ONNX and SavedModel folders get a hint."""
+    import torch
+
+    class Boom:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    pt = tmp_path / "model.pt"
+    torch.save({"conv.weight": torch.zeros(2), "x": Boom()}, pt)
+    with pytest.raises(ModelFileError, match=r"model\.pt: not a digitlab model file.*pickle.*never loads"):
+        digitlab.load(pt)
+    assert not (tmp_path / "pwned").exists()
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"\x08\x07\x12\x07pytorch" * 10)
+    with pytest.raises(ModelFileError, match=r"m\.onnx: .*ONNX is an export format"):
+        digitlab.load(onnx)
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "saved_model.pb").write_bytes(b"")
+    with pytest.raises(ModelFileError, match="saved: is a directory.*SavedModel"):
+        digitlab.load(saved)
+
+
 def test_foreign_safetensors(tmp_path):
     p = tmp_path / "foreign.safetensors"
     save_file({"w": np.zeros(3, np.float32)}, str(p))
