@@ -41,6 +41,24 @@ def test_redrawn_digits_are_predicted_like_the_originals(trained_model, mnist):
     assert (trained_model.predict(naive).argmax(1) == mnist.test_labels[:200]).mean() < 0.6
 
 
+def test_uneven_light_on_the_page(trained_model, mnist):
+    """Photos of paper are lit unevenly: a page going from light grey to dark in one corner, with
+    sensor noise. A single background level turned the shadow into ink (41% right); the opening
+    that follows the light keeps these digits as readable as evenly lit ones."""
+    rng = np.random.default_rng(1)
+    n = 300
+    ramp = np.linspace(0, 1, 280)[None, :] * np.linspace(0.3, 1, 280)[:, None]
+    pictures = []
+    for i in range(n):
+        ink = np.asarray(Image.fromarray(mnist.test_images[i]).resize((280, 280), Image.BILINEAR)) / 255.0
+        page = (230 - 140 * ramp) * (1 - ink) + 40 * ink + rng.normal(0, 10, ink.shape)
+        pictures.append(to_mnist(Image.fromarray(np.clip(page, 0, 255).astype(np.uint8))))
+    labels = mnist.test_labels[:n]
+    acc_original = (trained_model.predict(mnist.test_images[:n]).argmax(1) == labels).mean()
+    acc_shadowed = (trained_model.predict(np.stack(pictures)).argmax(1) == labels).mean()
+    assert acc_shadowed >= acc_original - 0.02, (acc_original, acc_shadowed)
+
+
 def test_output_is_centred_and_fits_20x20():
     im = Image.new("RGB", (640, 480), "white")
     ImageDraw.Draw(im).rectangle([500, 50, 560, 400], fill=(20, 20, 30))  # tall bar, far right
