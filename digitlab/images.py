@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
-from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFilter, ImageOps, UnidentifiedImageError
 
 from digitlab.errors import ImageError
 
@@ -118,6 +118,7 @@ def to_mnist(image: Image.Image | np.ndarray) -> np.ndarray:
         return np.zeros((28, 28), np.uint8)
     ink = np.clip(ink * (255.0 / peak), 0, 255)
     ink[ink < 64] = 0
+    ink = _drop_frame_lines(ink)
     crop = _crop_to_ink(ink)
     crop = _thicken(crop)
 
@@ -165,6 +166,43 @@ def _background(g: np.ndarray, level: float) -> np.ndarray | np.float32:
 
     opened = filtered(filtered(small, np.min), np.max)
     return np.asarray(Image.fromarray(opened).resize((w, h), Image.BILINEAR), dtype=np.float32)
+
+
+def _drop_frame_lines(ink: np.ndarray) -> np.ndarray:
+    """Remove the printed box or line around a digit cut from a form: otherwise the crop takes in the box
+    and the digit shrinks to a fraction of 20x20 beside four bars. A piece of ink is taken for a frame
+    line when it runs along the edge - nearly all of it within 8% of the border - for 60% of the side
+    or more. Digits touching such a line, and images with nothing else in them, are left alone."""
+    h, w = ink.shape
+    f = min(1.0, 128 / max(h, w))  # label at a long side of at most 128 px: plenty for straight lines
+    small = np.asarray(Image.fromarray(ink.astype(np.uint8)).resize(
+        (max(1, round(w * f)), max(1, round(h * f))), Image.BOX), dtype=np.uint8) > 32
+    sh, sw = small.shape
+    if min(sh, sw) < 8:
+        return ink
+    band = np.zeros_like(small)
+    bh, bw = max(1, round(0.08 * sh)), max(1, round(0.08 * sw))
+    band[:bh], band[-bh:], band[:, :bw], band[:, -bw:] = True, True, True, True
+    labels = Image.fromarray(small.astype(np.uint8)).copy()  # 1 = ink not yet labelled (a copy: writable)
+    frame = np.zeros_like(small)
+    for label in range(2, 256):  # each flood fill (Pillow's, in C) labels one connected piece
+        todo = np.flatnonzero(np.asarray(labels) == 1)
+        if not len(todo):
+            break
+        ImageDraw.floodfill(labels, (int(todo[0] % sw), int(todo[0] // sw)), label)
+        piece = np.asarray(labels) == label
+        rows, cols = np.nonzero(piece)
+        long = np.ptp(rows) + 1 >= 0.6 * sh or np.ptp(cols) + 1 >= 0.6 * sw
+        if long and band[piece].mean() >= 0.95:
+            frame |= piece
+    else:
+        return ink  # too many pieces to be a drawing on a form: noise or texture, leave it
+    if not frame.any():
+        return ink
+    # Back to full size, widened by a pixel of the small image to take the lines' anti-aliased edges.
+    mask = Image.fromarray(frame.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(3)).resize((w, h))
+    kept = np.where(np.asarray(mask) > 0, 0, ink)
+    return kept if kept.sum() >= 0.1 * ink.sum() else ink
 
 
 def _crop_to_ink(ink: np.ndarray) -> np.ndarray:

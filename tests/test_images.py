@@ -5,7 +5,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from digitlab.errors import ImageError
 from digitlab.images import MAX_PIXELS, load_image, to_mnist
@@ -57,6 +57,44 @@ def test_uneven_light_on_the_page(trained_model, mnist):
     acc_original = (trained_model.predict(mnist.test_images[:n]).argmax(1) == labels).mean()
     acc_shadowed = (trained_model.predict(np.stack(pictures)).argmax(1) == labels).mean()
     assert acc_shadowed >= acc_original - 0.02, (acc_original, acc_shadowed)
+
+
+def boxed(digit: np.ndarray, margin: int) -> Image.Image:
+    """A digit written in a printed box on a form, cut out with the box."""
+    side = 200 + 2 * margin + 20
+    page = Image.new("L", (side, side), 235)
+    page.paste(Image.fromarray(np.minimum(255 - digit, 235).astype(np.uint8)).resize((200, 200), Image.BILINEAR),
+               (margin + 10, margin + 10))
+    ImageDraw.Draw(page).rectangle([4, 4, side - 5, side - 5], outline=30, width=4)
+    return page
+
+
+@pytest.mark.parametrize("margin", [0, 30])
+def test_box_around_a_digit_from_a_form(trained_model, mnist, margin):
+    """The box's lines are removed before cropping; kept, they shrank the digit (11-42% right)."""
+    n = 200
+    pictures = np.stack([to_mnist(boxed(mnist.test_images[i], margin)) for i in range(n)])
+    labels = mnist.test_labels[:n]
+    acc_original = (trained_model.predict(mnist.test_images[:n]).argmax(1) == labels).mean()
+    acc_boxed = (trained_model.predict(pictures).argmax(1) == labels).mean()
+    assert acc_boxed >= acc_original - 0.02, (acc_original, acc_boxed)
+
+
+def test_tightly_cropped_digits_are_not_taken_for_frames(mnist, monkeypatch):
+    """A 7's bar or a 0's loop at the edge of a tight crop is the digit, not a box: left alone."""
+    import digitlab.images as images
+
+    crops = []
+    for i in range(300):
+        rows, cols = np.nonzero(mnist.test_images[i] > 30)
+        crop = 255 - mnist.test_images[i][rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        s = 150 / max(crop.shape)
+        big = Image.fromarray(crop).resize((max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s))))
+        crops += [big, big.filter(ImageFilter.MaxFilter(7))]  # as drawn, and with a thin pen
+    with_removal = [to_mnist(c) for c in crops]
+    monkeypatch.setattr(images, "_drop_frame_lines", lambda ink: ink)
+    changed = sum(not np.array_equal(a, to_mnist(c)) for a, c in zip(with_removal, crops, strict=True))
+    assert changed <= 3, changed
 
 
 def test_output_is_centred_and_fits_20x20():
