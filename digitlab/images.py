@@ -2,8 +2,10 @@
 
 LeCun et al.: digits were size-normalised to fit a 20x20 box keeping their aspect ratio (anti-aliased,
 hence grey levels), then centred in a 28x28 field by their centre of mass. We do the same after
-turning any photo or drawing into bright ink on a black background. A 28x28 image is taken to be
-MNIST-style already: only its polarity is fixed.
+turning any photo or drawing into bright ink on a black background: polarity from the border, the
+background removed (followed across the page where the light is uneven), a form's printed box
+dropped, specks ignored, thin pen strokes thickened. A 28x28 image is taken to be MNIST-style
+already: only its polarity is fixed.
 """
 
 from __future__ import annotations
