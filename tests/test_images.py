@@ -80,6 +80,29 @@ def test_box_around_a_digit_from_a_form(trained_model, mnist, margin):
     assert acc_boxed >= acc_original - 0.02, (acc_original, acc_boxed)
 
 
+def test_printed_digits(trained_model):
+    """Meters and forms print their digits: the ten digits in each of matplotlib's DejaVu fonts (sans,
+    serif, mono; bold and oblique), black on white, at a size a photo would have."""
+    from pathlib import Path
+
+    import matplotlib
+    from PIL import ImageFont
+
+    fonts = [f for f in sorted((Path(matplotlib.get_data_path()) / "fonts" / "ttf").glob("DejaVu*.ttf"))
+             if "Display" not in f.name]  # the Display faces are subsets without digits
+    assert len(fonts) >= 10
+    pictures, labels = [], []
+    for path in fonts:
+        font = ImageFont.truetype(str(path), 160)
+        for digit in range(10):
+            im = Image.new("L", (240, 240), 255)
+            ImageDraw.Draw(im).text((120, 120), str(digit), font=font, fill=0, anchor="mm")
+            pictures.append(to_mnist(im))
+            labels.append(digit)
+    accuracy = (trained_model.predict(np.stack(pictures)).argmax(1) == np.array(labels)).mean()
+    assert accuracy >= 0.9, accuracy
+
+
 def test_tightly_cropped_digits_are_not_taken_for_frames(mnist, monkeypatch):
     """A 7's bar or a 0's loop at the edge of a tight crop is the digit, not a box: left alone."""
     import digitlab.images as images
