@@ -144,6 +144,14 @@ def to_mnist(image: Image.Image | np.ndarray) -> np.ndarray:
     return out.round().astype(np.uint8)
 
 
+def _shrunk(a: np.ndarray, long_side: int) -> np.ndarray:
+    """a (0..255) as uint8, box-averaged down to at most long_side pixels on its longer side."""
+    h, w = a.shape
+    f = min(1.0, long_side / max(h, w))
+    return np.asarray(Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).resize(
+        (max(1, round(w * f)), max(1, round(h * f))), Image.BOX))
+
+
 def _background(g: np.ndarray, level: float) -> np.ndarray | np.float32:
     """The background's brightness at each pixel (ink bright). Evenly lit images - drawings, scans,
     crops - keep the single border level. Where the border's own brightness varies (a shadow or uneven
@@ -153,9 +161,7 @@ def _background(g: np.ndarray, level: float) -> np.ndarray | np.float32:
     h, w = g.shape
     if max(h, w) < 64:  # small images: drawings and crops; the border level is enough
         return np.float32(level)
-    f = 64 / max(h, w)
-    small = np.asarray(Image.fromarray(np.clip(g, 0, 255).astype(np.uint8)).resize(
-        (max(1, round(w * f)), max(1, round(h * f))), Image.BOX), dtype=np.uint8)
+    small = _shrunk(g, 64)
     low, high = np.percentile(_border(small.astype(np.float32)), [10, 90])
     if high - low < 24:
         return np.float32(level)
@@ -176,9 +182,7 @@ def _drop_frame_lines(ink: np.ndarray) -> np.ndarray:
     line when it runs along the edge - nearly all of it within 8% of the border - for 60% of the side
     or more. Digits touching such a line, and images with nothing else in them, are left alone."""
     h, w = ink.shape
-    f = min(1.0, 128 / max(h, w))  # label at a long side of at most 128 px: plenty for straight lines
-    small = np.asarray(Image.fromarray(ink.astype(np.uint8)).resize(
-        (max(1, round(w * f)), max(1, round(h * f))), Image.BOX), dtype=np.uint8) > 32
+    small = _shrunk(ink, 128) > 32  # label at a long side of at most 128 px: plenty for straight lines
     sh, sw = small.shape
     if min(sh, sw) < 8:
         return ink
@@ -226,12 +230,8 @@ def _crop_to_ink(ink: np.ndarray) -> np.ndarray:
 def _thicken(crop: np.ndarray) -> np.ndarray:
     """Thin pen strokes in a large photo would shrink to faint hairlines in 20x20; MNIST's strokes are
     about 2-3 px wide there. Work at a long side of ~100 px and dilate until the stroke is thick enough."""
-    h, w = crop.shape
-    long_side = max(h, w)
-    if long_side > 100:
-        f = 100 / long_side
-        crop = np.asarray(Image.fromarray(crop.astype(np.uint8)).resize(
-            (max(1, round(w * f)), max(1, round(h * f))), Image.BOX), dtype=np.float32)
+    if max(crop.shape) > 100:
+        crop = _shrunk(crop, 100).astype(np.float32)
         if crop.max() > 0:
             crop = crop * (255.0 / crop.max())
     target = 2.2 * max(crop.shape) / 20  # wanted stroke width at this resolution
