@@ -2,8 +2,8 @@
 
 Keras files are read with h5py and zipfile, following the file's own ``layer_names`` and
 ``weight_names`` attributes, so both the tf.keras 2.x layout (``model_weights/conv2d/conv2d/kernel:0``)
-and the Keras 3 one (``model_weights/conv2d/sequential/conv2d/kernel``) load, as does a Keras 3
-``.keras`` zip (``model.weights.h5`` with ``layers/<name>/vars/<i>``).
+and the Keras 3 one (``model_weights/conv2d/sequential/conv2d/kernel``) load, as do a Keras 3
+``.keras`` zip (``model.weights.h5`` with ``layers/<class key>/vars/<i>``) and a Keras 3 ``.weights.h5``.
 
 Layouts differ: Keras conv kernels are (h, w, in, out) where PyTorch's are (out, in, h, w); Dense
 kernels are (in, out) where Linear's are (out, in); and Keras flattens channels-last, so the first
@@ -26,6 +26,10 @@ from digitlab.modelfile import DigitModel, check_weights, save
 
 TUTORIAL_LAYERS = ["Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "Conv2D", "Flatten", "Dense", "Dense"]
 KERAS_SHAPES = [(3, 3, 1, 32), (32,), (3, 3, 32, 64), (64,), (3, 3, 64, 64), (64,), (576, 64), (64,), (64, 10), (10,)]
+# Keras 3 (.keras, and .weights.h5 from save_weights) files each layer's variables under a key made from
+# its class, numbered in model order ("conv2d", "conv2d_1"...), never from its name: a model built second
+# in a notebook (layers conv2d_3...) or with names of its own is stored under these same five keys.
+KERAS3_KEYS = ["conv2d", "conv2d_1", "conv2d_2", "dense", "dense_1"]
 
 
 def _text(value: Any) -> str:
@@ -74,6 +78,8 @@ def _read_h5(path: Path) -> tuple[list[np.ndarray], dict[str, Any]]:
         if "model_config" in f.attrs:
             _check_config(path, json.loads(_text(f.attrs["model_config"])))
         group = f["model_weights"] if "model_weights" in f else f  # whole model, or save_weights() output
+        if "layer_names" not in group.attrs and "layers" in f:  # Keras 3 save_weights(): a .weights.h5
+            return _keras3_variables(path, f), {**info, "format": "weights.h5"}
         if "layer_names" not in group.attrs:
             raise ModelFileError(f"{path}: an HDF5 file, but not a Keras model (no layer_names attribute)")
         arrays = _weights_from_h5_group(path, group, [_text(n) for n in group.attrs["layer_names"]])
@@ -91,16 +97,24 @@ def _read_keras_zip(path: Path) -> tuple[list[np.ndarray], dict[str, Any]]:
     except (zipfile.BadZipFile, KeyError, ValueError, OSError) as e:
         raise ModelFileError(f"{path}: not a Keras 3 .keras archive, or truncated ({e})") from None
     _check_config(path, config)
-    names = [lay["config"]["name"] for lay in config["config"]["layers"] if lay.get("class_name") != "InputLayer"]
-    arrays = []
     try:
         with h5py.File(io.BytesIO(weights), "r") as f:
-            for name in names:
-                variables = f[f"layers/{name}/vars"]
-                arrays += [np.asarray(variables[str(i)], dtype=np.float32) for i in range(len(variables))]
-    except (OSError, KeyError) as e:
-        raise ModelFileError(f"{path}: model.weights.h5 is damaged or laid out unexpectedly ({e})") from None
+            arrays = _keras3_variables(path, f)
+    except OSError as e:
+        raise ModelFileError(f"{path}: model.weights.h5 is damaged ({e})") from None
     return arrays, {"keras_version": meta.get("keras_version", "unknown"), "format": "keras"}
+
+
+def _keras3_variables(path: Path, f) -> list[np.ndarray]:
+    """Kernels and biases in layer order from a Keras 3 weights file (layers/<key>/vars/<i>)."""
+    arrays = []
+    for key in KERAS3_KEYS:
+        if f"layers/{key}/vars" not in f:
+            raise ModelFileError(f"{path}: Keras 3 weights without layers/{key}/vars; expected the tutorial's "
+                                 f"layers {', '.join(KERAS3_KEYS)}")
+        variables = f[f"layers/{key}/vars"]
+        arrays += [np.asarray(variables[str(i)], dtype=np.float32) for i in range(len(variables))]
+    return arrays
 
 
 def keras_to_torch_layout(arrays: list[np.ndarray]) -> dict[str, np.ndarray]:

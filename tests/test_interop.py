@@ -63,6 +63,25 @@ def test_keras_predictions_equal(keras_files, mnist, which):
     assert (got.argmax(1) == mnist.test_labels).mean() > 0.8  # Keras trained it: it recognizes digits
 
 
+def test_keras_files_with_layer_names_of_their_own(keras, keras_files, mnist, tmp_path):
+    """Keras 3 stores weights by layer class (layers/conv2d/vars), not by name: a functional model with
+    its own layer names (or a notebook's second model, conv2d_3...) and a bare save_weights() file load."""
+    from keras import layers
+
+    trained = keras.models.load_model(keras_files[1])
+    i = keras.Input((28, 28, 1))
+    h = layers.MaxPooling2D(2)(layers.Conv2D(32, 3, activation="relu", name="c1")(i))
+    h = layers.MaxPooling2D(2)(layers.Conv2D(64, 3, activation="relu", name="c2")(h))
+    h = layers.Flatten()(layers.Conv2D(64, 3, activation="relu", name="c3")(h))
+    out = layers.Dense(10, activation="softmax", name="digit")(layers.Dense(64, activation="relu", name="d1")(h))
+    model = keras.Model(i, out)
+    model.set_weights(trained.get_weights())
+    for name in ("named.keras", "named.h5", "named.weights.h5"):
+        (model.save_weights if name.endswith(".weights.h5") else model.save)(tmp_path / name)
+        got = digitlab.load(tmp_path / name).predict(mnist.test_images[:500])
+        assert np.abs(got - keras_files[2][:500]).max() < 1e-5, name
+
+
 def test_keras2_layout_fixture(mnist):
     """A file written by tf.keras 2 (tensorflow + tf-keras), committed with the script that made it."""
     path = FIXTURES / "keras2_tutorial.h5"
