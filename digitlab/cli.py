@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("models", nargs="+", metavar="MODEL")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plots", metavar="DIR", help="write confusion.png and misclassified.png into DIR")
+    p.add_argument("--images", metavar="DIR",
+                   help="your own labelled digits instead of the test set: DIR/0/*.png ... DIR/9/*.png")
     _data_args(p)
 
     p = sub.add_parser("predict", help="recognize digits in image files, folders, or test-set images")
@@ -152,9 +154,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from digitlab.modelfile import load
 
     models = [load(m) for m in args.models]
-    dataset = args.dataset or models[0].metadata.get("dataset", "mnist")
-    data = _test_set(args.data_dir, dataset)
-    result, probs = evaluate(models, data.test_images, data.test_labels)
+    if args.images:
+        from digitlab.images import load_labelled_folder
+
+        images, labels, _ = load_labelled_folder(args.images, models[0].classes)
+    else:
+        data = _test_set(args.data_dir, args.dataset or models[0].metadata.get("dataset", "mnist"))
+        images, labels = data.test_images, data.test_labels
+    result, probs = evaluate(models, images, labels)
+    result["images"] = args.images or "test set"
     if args.plots:
         from pathlib import Path
 
@@ -162,7 +170,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         out = Path(args.plots)
         result["plots"] = [str(confusion_png(result["confusion"], models[0].classes, out / "confusion.png")),
-                           str(misclassified_png(data.test_images, data.test_labels, probs, models[0].classes,
+                           str(misclassified_png(images, labels, probs, models[0].classes,
                                                  out / "misclassified.png"))]
     if args.json:
         print(json.dumps(result))

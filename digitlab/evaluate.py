@@ -81,9 +81,11 @@ def evaluate_torch(net, x, y, device, batch_size: int = 1000) -> dict[str, float
 
 def format_report(result: dict[str, Any]) -> str:
     """A readable text report: headline figures, per-class table, confusion matrix."""
-    lines = [f"test images: {result['count']:,}   models: {result.get('models', 1)}",
+    source = result.get("images", "test set")
+    lines = [f"{'test images' if source == 'test set' else f'images in {source}'}: {result['count']:,}   "
+             f"models: {result.get('models', 1)}",
              f"loss: {result['loss']:.4f}   accuracy: {100 * result['accuracy']:.2f}%  "
-             f"({result['errors']} errors)", "",
+             f"({result['errors']} error{'' if result['errors'] == 1 else 's'})", "",
              f"{'class':>12} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}"]
     for row in result["per_class"]:
         lines.append(f"{row['class']:>12} {row['precision']:9.4f} {row['recall']:9.4f} {row['f1']:9.4f} "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 from digitlab.train import RECIPES
@@ -80,6 +81,42 @@ def test_evaluate_json_and_plots(tmp_path, trained_model_path):
         assert Image.open(tmp_path / "plots" / name).size[0] > 300
     text = run_cli("evaluate", trained_model_path, check=True).stdout
     assert "accuracy:" in text and "confusion matrix" in text
+
+
+def test_evaluate_own_labelled_folder(tmp_path, trained_model_path, trained_model, mnist):
+    """DIR/<digit>/*.png: people's own labelled digits, read the way predict reads them; the figures are
+    those of the same pictures given as arrays."""
+    from digitlab.evaluate import evaluate
+    from digitlab.images import load_image, to_mnist
+
+    own = tmp_path / "own"
+    for i in range(300):
+        label = int(mnist.test_labels[i])
+        (own / str(label)).mkdir(parents=True, exist_ok=True)
+        # dark ink on light paper at 5x the size, as a scan would be: preprocessing has real work to do
+        picture = Image.fromarray(255 - mnist.test_images[i]).resize((140, 140), Image.BICUBIC)
+        picture.save(own / str(label) / f"{i}.png")
+    files = sorted(own.glob("*/*.png"))
+    arrays = np.stack([to_mnist(load_image(f)) for f in files])
+    expected, _ = evaluate(trained_model, arrays, np.asarray([int(f.parent.name) for f in files]))
+    result = json.loads(run_cli("evaluate", trained_model_path, "--images", own, "--json", "--plots",
+                                tmp_path / "plots", check=True).stdout)
+    assert result["count"] == 300 and result["images"] == str(own)
+    assert result["accuracy"] == expected["accuracy"] > 0.9 and result["confusion"] == expected["confusion"]
+    assert (tmp_path / "plots" / "misclassified.png").is_file()
+    assert "images in" in run_cli("evaluate", trained_model_path, "--images", own, check=True).stdout
+
+    (own / "ten").mkdir()
+    bad = run_cli("evaluate", trained_model_path, "--images", own)
+    assert bad.returncode == 2 and "ten name no class" in bad.stderr and "Traceback" not in bad.stderr
+    (own / "ten").rmdir()
+    (own / "3" / "broken.png").write_bytes(b"not a png")
+    bad = run_cli("evaluate", trained_model_path, "--images", own)
+    assert bad.returncode == 2 and "broken.png" in bad.stderr
+    empty = tmp_path / "empty"
+    (empty / "0").mkdir(parents=True)
+    bad = run_cli("evaluate", trained_model_path, "--images", empty)
+    assert bad.returncode == 2 and "no images found" in bad.stderr
 
 
 def test_ensemble(trained_model_path, tiny_model_path):
