@@ -15,7 +15,8 @@ from digitlab.serve import MAX_UPLOAD
 
 
 def _data_args(p: argparse.ArgumentParser, dataset: bool = True) -> None:
-    p.add_argument("--data-dir", help="folder with the IDX files (default: $DIGITLAB_DATA_DIR, then the cache)")
+    p.add_argument("--data-dir", help="folder with the IDX files, or Keras's mnist.npz "
+                   "(default: $DIGITLAB_DATA_DIR, then the cache)")
     if dataset:
         p.add_argument("--dataset", default=None, choices=["mnist", "fashion-mnist"],
                        help="dataset (default: mnist, or the model's own)")

@@ -1,8 +1,9 @@
 """MNIST-format datasets: IDX files, checksums, where they live, and downloading them.
 
 Where the files come from, in order: an explicit ``data_dir`` (the CLI's ``--data-dir``),
-``$DIGITLAB_DATA_DIR``, the user cache ``~/.cache/digitlab/<dataset>`` and, for Fashion-MNIST,
-Debian's ``/usr/share/datasets/fashion-mnist``. Files missing from the cache are downloaded from
+``$DIGITLAB_DATA_DIR``, the user cache ``~/.cache/digitlab/<dataset>``, for Fashion-MNIST Debian's
+``/usr/share/datasets/fashion-mnist``, and Keras's own copy (``~/.keras/datasets``: ``mnist.npz``, or
+the ``fashion-mnist`` IDX folder), checked against the same checksums. Files missing from the cache are downloaded from
 the public mirrors, checked against the SHA-256 of their decompressed content, and only then moved
 into place, so an interrupted download never leaves a half file behind.
 """
@@ -15,6 +16,7 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,15 +155,56 @@ def parse_idx(content: bytes, path: Path | str, kind: str, count: int) -> np.nda
 
 def read_idx_file(path: Path, stem: str, info: DatasetInfo) -> np.ndarray:
     """Read, checksum and parse one of the four files."""
-    content = read_idx_bytes(path)
+    return _verified(read_idx_bytes(path), str(path), stem, info)
+
+
+def _verified(content: bytes, where: str, stem: str, info: DatasetInfo) -> np.ndarray:
     digest = hashlib.sha256(content).hexdigest()
     if digest != info.sha256[stem]:
         raise DataError(
-            f"{path}: SHA-256 of the decompressed content is {digest}, expected {info.sha256[stem]} "
+            f"{where}: SHA-256 of the decompressed content is {digest}, expected {info.sha256[stem]} "
             f"for {info.name} {stem} (corrupt file, or a different dataset?)"
         )
     kind = "images" if "images" in stem else "labels"
-    return parse_idx(content, path, kind, EXPECTED_COUNT[stem.split("-")[0]])
+    return parse_idx(content, where, kind, EXPECTED_COUNT[stem.split("-")[0]])
+
+
+# Keras's copy: keras.datasets.mnist.load_data() (the tutorial's first line) caches ~/.keras/datasets/mnist.npz.
+KERAS_NPZ_KEYS = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
+                  "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
+
+
+def read_keras_npz(path: Path, info: DatasetInfo) -> dict[str, np.ndarray]:
+    """The four arrays of Keras's .npz, checked against the same SHA-256 as the IDX files: each array
+    is written back into its IDX file's exact bytes (header + pixels) before hashing. Never unpickled."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {key: z[key] for key in KERAS_NPZ_KEYS}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: not a readable Keras dataset .npz (expected arrays "
+                        f"{', '.join(KERAS_NPZ_KEYS)}): {e}") from None
+    out = {}
+    for key, stem in KERAS_NPZ_KEYS.items():
+        a = arrays[key]
+        if a.dtype != np.uint8 or a.ndim not in (1, 3):
+            raise DataError(f"{path}: {key} is {a.dtype} of shape {a.shape}; expected uint8 "
+                            f"{'images (N, 28, 28)' if 'images' in stem else 'labels (N,)'} as Keras stores them")
+        magic = IMAGE_MAGIC if a.ndim == 3 else LABEL_MAGIC
+        header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in a.shape)
+        out[stem] = _verified(header + a.tobytes(), f"{path} ({key})", stem, info)
+    return out
+
+
+def _keras_npz(folder: Path, dataset: str) -> Path | None:
+    """folder itself when it is an .npz file, else folder/<dataset>.npz if present."""
+    if folder.suffix == ".npz" and folder.is_file():
+        return folder
+    candidate = folder / f"{dataset}.npz"
+    return candidate if candidate.is_file() else None
+
+
+def keras_datasets_dir() -> Path:
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "datasets"
 
 
 def _download_one(stem: str, info: DatasetInfo, dest: Path, mirrors: tuple[str, ...], timeout: float) -> Path:
@@ -237,7 +280,8 @@ def _env_mirrors() -> tuple[str, ...]:
 
 
 def locate(dataset: str = "mnist", data_dir: str | Path | None = None, download_missing: bool = True) -> Path:
-    """The folder holding the dataset's four files, downloading into the cache when none has them."""
+    """The folder holding the dataset's four files (or Keras's <dataset>.npz), downloading into the
+    cache when none has them."""
     info = dataset_info(dataset)
     explicit = data_dir if data_dir is not None else os.environ.get("DIGITLAB_DATA_DIR")
     if explicit:
@@ -245,12 +289,14 @@ def locate(dataset: str = "mnist", data_dir: str | Path | None = None, download_
         for candidate in (folder, folder / dataset):
             if _has_files(candidate):
                 return candidate
+        if npz := _keras_npz(folder, dataset):
+            return npz
         origin = "--data-dir" if data_dir is not None else "$DIGITLAB_DATA_DIR"
         missing = [s for s in FILES if _find_file(folder, s) is None]
         raise DataError(
             f"{origin} is {folder}, but it lacks {', '.join(m + '.gz' for m in missing)} "
             f"(expected the four {info.name} IDX files, gzip or raw, in that folder or in {folder / dataset}; "
-            "the dotted names such as train-images.idx3-ubyte are accepted too)"
+            f"the dotted names such as train-images.idx3-ubyte are accepted too, as is Keras's {dataset}.npz)"
         )
     cache = cache_dir(dataset)
     if _has_files(cache):
@@ -258,6 +304,11 @@ def locate(dataset: str = "mnist", data_dir: str | Path | None = None, download_
     for system in info.system_dirs:
         if _has_files(Path(system)):
             return Path(system)
+    keras = keras_datasets_dir()  # where the tutorial's Keras code left its copy
+    if _has_files(keras / dataset):
+        return keras / dataset
+    if npz := _keras_npz(keras, dataset):
+        return npz
     if not download_missing:
         raise DataError(f"{info.name} not found in {cache}; run with downloads allowed or set --data-dir")
     return download(dataset, cache)
@@ -267,7 +318,10 @@ def load_mnist(data_dir: str | Path | None = None, dataset: str = "mnist", downl
     """Load and verify a whole MNIST-format dataset (see the module docstring for where it is found)."""
     info = dataset_info(dataset)
     folder = locate(dataset, data_dir, download_missing=download)
-    arrays = {stem: read_idx_file(_find_file(folder, stem), stem, info) for stem in FILES}
+    if folder.suffix == ".npz":
+        arrays = read_keras_npz(folder, info)
+    else:
+        arrays = {stem: read_idx_file(_find_file(folder, stem), stem, info) for stem in FILES}
     return DigitData(
         name=info.name,
         classes=info.classes,

@@ -18,6 +18,12 @@ from digitlab.errors import DataError
 STEMS = data.FILES
 
 
+@pytest.fixture(autouse=True)
+def no_keras_copy(tmp_path, monkeypatch):
+    """Whatever ~/.keras holds on this machine stays out of the tests' lookups."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
+
+
 def test_load_mnist_shapes_and_checksums(mnist):
     assert mnist.train_images.shape == (60000, 28, 28) and mnist.train_images.dtype == np.uint8
     assert mnist.test_images.shape == (10000, 28, 28)
@@ -247,6 +253,41 @@ def test_fashion_mnist(monkeypatch, tmp_path):
     monkeypatch.delenv("DIGITLAB_DATA_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # empty cache: falls back to Debian's folder
     assert data.locate("fashion-mnist", download_missing=False) == FASHION
+
+
+def _keras_npz(mnist, path: Path, **changes) -> Path:
+    """mnist.npz as keras.datasets.mnist caches it: uint8 arrays x_train, y_train, x_test, y_test."""
+    arrays = {"x_train": mnist.train_images, "y_train": mnist.train_labels, "x_test": mnist.test_images,
+              "y_test": mnist.test_labels, **changes}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def test_keras_npz(mnist, tmp_path, monkeypatch):
+    """The tutorial's Keras code leaves ~/.keras/datasets/mnist.npz: used as given, or found there,
+    and held to the IDX files' checksums."""
+    npz = _keras_npz(mnist, tmp_path / "keras-home" / "datasets" / "mnist.npz")
+    for given in (npz, npz.parent):
+        d = data.load_mnist(given)
+        assert d.source == npz and (d.train_images == mnist.train_images).all()
+        assert (d.test_labels == mnist.test_labels).all()
+    monkeypatch.delenv("DIGITLAB_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # nothing cached: Keras's copy, no download
+    monkeypatch.setenv("DIGITLAB_MIRRORS", _closed_port_url())
+    assert data.load_mnist().source == npz
+
+    altered = mnist.test_images.copy()
+    altered[0, 14, 14] ^= 1
+    bad = _keras_npz(mnist, tmp_path / "altered" / "mnist.npz", x_test=altered)
+    with pytest.raises(DataError, match=r"altered/mnist.npz \(x_test\): SHA-256"):
+        data.load_mnist(bad)
+    floats = _keras_npz(mnist, tmp_path / "floats" / "mnist.npz", x_train=mnist.train_images[:10] / 255.0)
+    with pytest.raises(DataError, match=r"floats/mnist.npz: x_train is float64 of shape \(10, 28, 28\); expected"):
+        data.load_mnist(floats)
+    pickled = _keras_npz(mnist, tmp_path / "pickled" / "mnist.npz", x_train=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(DataError, match="pickled/mnist.npz: not a readable Keras dataset .npz.*allow_pickle"):
+        data.load_mnist(pickled)
 
 
 def test_mnist_files_are_not_fashion(mnist_dir):
