@@ -85,6 +85,18 @@ def test_wrong_json_shape_is_422_naming_field(client, body, field):
     assert r.status_code == 422 and r.json()["detail"].startswith(field + ":"), r.json()
 
 
+def test_pixels_scaled_to_0_1_are_refused_not_misread(client, mnist):
+    """0..1 values would round to a blank image and a confident wrong digit: 422 saying what to do."""
+    scaled = (mnist.test_images[0] / 255).tolist()
+    r = client.post("/api/predict", json={"pixels": scaled})
+    assert r.status_code == 422 and r.json()["detail"].startswith("pixels: all values lie in 0..1")
+    r = client.post("/api/predict/batch", json={"images": [{"pixels": mnist.test_images[0].tolist()},
+                                                           {"pixels": scaled}]})
+    assert r.status_code == 422 and r.json()["detail"].startswith("images[1].pixels: all values lie in 0..1")
+    blank = client.post("/api/predict", json={"pixels": [[0] * 28] * 28})  # an empty canvas is still answered
+    assert blank.status_code == 200
+
+
 def test_not_json(client):
     r = client.post("/api/predict", content=b"{nope", headers={"content-type": "application/json"})
     assert r.status_code == 422 and "not valid JSON" in r.json()["detail"]

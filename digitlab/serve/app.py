@@ -78,8 +78,14 @@ BATCH_DOC = {
 }
 
 
-def _pixels(p: PixelsIn) -> np.ndarray:
-    return np.asarray(p.pixels, dtype=np.float32).round().astype(np.uint8)
+def _pixels(p: PixelsIn, field: str = "pixels") -> np.ndarray:
+    a = np.asarray(p.pixels, dtype=np.float32)
+    # Values scaled to 0..1 (as many canvas demos send them) would round to an all-but-blank image and
+    # get a confident wrong answer; an image whose brightest pixel is 1 of 255 shows nothing anyway.
+    if 0 < a.max() <= 1:
+        raise BadInput(422, f"{field}: all values lie in 0..1, but pixels are 0..255 (ink bright); "
+                       "multiply them by 255")
+    return a.round().astype(np.uint8)
 
 
 def _decode(data: bytes, name: str) -> np.ndarray:
@@ -120,7 +126,8 @@ async def _read_inputs(request: Request, batch: bool) -> tuple[list[np.ndarray],
         try:
             if batch:
                 parsed = BatchIn.model_validate(body)
-                return [_pixels(p) for p in parsed.images], [f"images[{i}]" for i in range(len(parsed.images))]
+                names = [f"images[{i}]" for i in range(len(parsed.images))]
+                return [_pixels(p, f"{n}.pixels") for p, n in zip(parsed.images, names, strict=True)], names
             return [_pixels(PixelsIn.model_validate(body))], ["pixels"]
         except ValidationError as e:
             raise BadInput(422, _validation_detail(e)) from None
