@@ -3,9 +3,10 @@
 Where the files come from, in order: an explicit ``data_dir`` (the CLI's ``--data-dir``),
 ``$DIGITLAB_DATA_DIR``, the user cache ``~/.cache/digitlab/<dataset>``, for Fashion-MNIST Debian's
 ``/usr/share/datasets/fashion-mnist``, and Keras's own copy (``~/.keras/datasets``: ``mnist.npz``, or
-the ``fashion-mnist`` IDX folder), checked against the same checksums. Files missing from the cache are downloaded from
-the public mirrors, checked against the SHA-256 of their decompressed content, and only then moved
-into place, so an interrupted download never leaves a half file behind.
+the ``fashion-mnist`` IDX folder), checked against the same checksums. Files missing from all of them
+are downloaded from the public mirrors into the cache, checked against the SHA-256 of their
+decompressed content, and only then moved into place, so an interrupted download never leaves a half
+file behind.
 """
 
 from __future__ import annotations
