@@ -14,7 +14,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from digitlab._io import atomic_write_bytes
 from digitlab.errors import DataError
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -235,21 +235,6 @@ def _download_one(stem: str, info: DatasetInfo, dest: Path, mirrors: tuple[str, 
         atomic_write_bytes(target, gzip.compress(content, 6) if payload[:2] != b"\x1f\x8b" else payload)
         return target
     raise DataError(f"could not download {stem}.gz:\n  " + "\n  ".join(errors))
-
-
-def atomic_write_bytes(target: Path, payload: bytes) -> None:
-    """Write to a temporary file beside target, fsync, then rename: readers see all or nothing."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def download(dataset: str = "mnist", dest: Path | None = None, mirrors: tuple[str, ...] | None = None,

@@ -173,7 +173,7 @@ def export_onnx(model: DigitModel, out: str | Path) -> Path:
         import onnx
     except ImportError:
         raise ModelFileError("ONNX export needs the onnx package: pip install 'digitlab[onnx]'") from None
-    from digitlab.data import atomic_write_bytes
+    from digitlab._io import atomic_write_bytes
 
     proto = onnx_model(model.arch, model.weights)
     onnx.checker.check_model(proto)

@@ -126,7 +126,7 @@ def save(path: str | Path, weights: dict[str, np.ndarray], metadata: dict[str, A
             "preprocessing": PREPROCESSING, **metadata}
     arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
     payload = st_save(arrays, metadata={"digitlab": json.dumps(meta)})
-    from digitlab.data import atomic_write_bytes
+    from digitlab._io import atomic_write_bytes
 
     atomic_write_bytes(path, payload)
     return path

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digitlab.data import atomic_write_bytes
+from digitlab._io import atomic_write_bytes
 
 
 def _figure():

@@ -351,7 +351,7 @@ def train(config: TrainConfig | None = None, **overrides: Any):
     }
     if main:
         save(config.out, weights, meta)
-        from digitlab.data import atomic_write_bytes
+        from digitlab._io import atomic_write_bytes
 
         atomic_write_bytes(history_path(config.out), json.dumps(
             {"config": asdict(config), "history": history, "test": meta["test_metrics"]}, indent=2).encode())
@@ -438,7 +438,7 @@ def write_checkpoint(path: Path, cfg: TrainConfig, net, optimizer, epoch: int, s
     import torch
     from safetensors.torch import save as st_save
 
-    from digitlab.data import atomic_write_bytes
+    from digitlab._io import atomic_write_bytes
 
     tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     opt = optimizer.state_dict()

@@ -7,10 +7,13 @@ PYTHON=${PYTHON:-python3}
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   # chromium: the browser test drives Debian's Chromium (Playwright must not download one).
-  # dataset-fashion-mnist: the --dataset fashion-mnist files, offline.
+  # dataset-fashion-mnist: the --dataset fashion-mnist files, offline, and negatives for abstention.
   need=()
   [ -x /usr/bin/chromium ] || need+=(chromium)
   [ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
+  # wrk: the server load benchmark; tesseract-ocr: the peer OCR in benchmarks/numbers.py.
+  command -v wrk >/dev/null || need+=(wrk)
+  command -v tesseract >/dev/null || need+=(tesseract-ocr)
   if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
