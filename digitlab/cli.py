@@ -156,7 +156,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     models = [load(m) for m in args.models]
     if args.images:
-        from digitlab.images import load_labelled_folder
+        from digitlab.prepare import load_labelled_folder
 
         images, labels, _ = load_labelled_folder(args.images, models[0].classes)
     else:
@@ -183,9 +183,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from digitlab.images import expand_sources, load_image, to_mnist
+    from digitlab.images import decode, expand_sources
     from digitlab.modelfile import load
-    from digitlab.predict import predict_records
+    from digitlab.predict import describe, predict_records
+    from digitlab.prepare import prepare
 
     if not args.sources and not args.index:
         raise DigitlabError("predict: give image files or folders, or --index N for a test-set image")
@@ -193,7 +194,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     inputs, names, failed = [], [], 0
     for path in expand_sources(args.sources):
         try:
-            inputs.append(to_mnist(load_image(path)))
+            inputs.append(prepare(decode(path)))
             names.append(str(path))
         except DigitlabError as e:
             print(f"digitlab: error: {e}", file=sys.stderr)
@@ -205,15 +206,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 print(f"digitlab: error: --index {i}: out of range 0..{len(data.test_images) - 1}", file=sys.stderr)
                 failed += 1
                 continue
-            inputs.append(data.test_images[i])
+            inputs.append(prepare(data.test_images[i]))
             names.append(f"test[{i}] (label {data.test_labels[i]})")
     records = predict_records(model, inputs, names)
     if args.json:
         print(json.dumps(records))
     else:
         for r in records:
-            print(f"{r['source']}: {r['label']}  (confidence {r['confidence']:.4f})")
-            print("   " + "  ".join(f"{c}:{p:.3f}" for c, p in zip(model.classes, r["probabilities"], strict=True)))
+            print(describe(r))
+            if r["probabilities"] is not None:
+                print("   " + "  ".join(f"{c}:{p:.3f}" for c, p in zip(model.classes, r["probabilities"], strict=True)))
     return 1 if failed else 0
 
 

@@ -9,8 +9,6 @@ file with a message that names the file and the problem.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +46,12 @@ class DigitModel:
         return count_params(self.arch)
 
     def predict(self, images: Any, batch_size: int = 1024) -> np.ndarray:
-        """Probabilities (N, 10) for images: an array (N, 28, 28) of uint8 0..255 or float 0..1,
-        ink bright as in MNIST; or a list of PIL images or file paths (preprocessed MNIST-style)."""
-        x = as_model_input(images)
+        """Probabilities, float32 (N, classes), for images: whatever digitlab.prepare.model_inputs accepts
+        (arrays or tensors (N, 28, 28) uint8 0..255 / float 0..1, PIL images, file paths, lists of them),
+        each prepared by prepare(); MNIST-like inputs pass unchanged. Raises ImageError for bad input."""
+        from digitlab.prepare import model_inputs
+
+        x = model_inputs(images).astype(np.float32) / 255.0
         out = np.empty((len(x), self.arch.classes), dtype=np.float32)
         session = self._onnx_session()
         for i in range(0, len(x), batch_size):
@@ -89,32 +90,6 @@ class DigitModel:
         net = build_torch(self.arch)
         net.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self.weights.items()})
         return net.eval()
-
-
-def as_model_input(images: Any) -> np.ndarray:
-    """Turn what users pass to predict into float32 (N, 28, 28) in [0, 1], ink bright."""
-    if isinstance(images, np.ndarray):
-        x = images
-        if x.ndim == 2:
-            x = x[None]
-        if x.ndim == 4 and x.shape[1] == 1:
-            x = x[:, 0]
-        if x.ndim != 3 or x.shape[1:] != (28, 28):
-            raise ValueError(f"images: expected shape (N, 28, 28), got {x.shape}")
-        if x.dtype == np.uint8:
-            return x.astype(np.float32) / 255.0
-        x = x.astype(np.float32, copy=False)
-        if x.size and (np.nanmin(x) < 0 or np.nanmax(x) > 1 or np.isnan(x).any()):
-            raise ValueError("images: float input must lie in [0, 1] (uint8 input may be 0..255)")
-        return x
-    if isinstance(images, (str, os.PathLike)) or hasattr(images, "mode"):
-        images = [images]
-    if isinstance(images, Sequence):
-        from digitlab.images import load_image, to_mnist
-
-        arrays = [to_mnist(load_image(im) if isinstance(im, (str, os.PathLike)) else im) for im in images]
-        return np.stack(arrays).astype(np.float32) / 255.0 if arrays else np.zeros((0, 28, 28), np.float32)
-    raise TypeError(f"images: expected a NumPy array, PIL images or paths, got {type(images).__name__}")
 
 
 def save(path: str | Path, weights: dict[str, np.ndarray], metadata: dict[str, Any]) -> Path:
