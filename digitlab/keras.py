@@ -86,7 +86,7 @@ def _check_layer(path: Path, index: int, layer: Any, per_layer: dict[str, Any]) 
     if not isinstance(cfg, dict):
         raise ModelFileError(f"{path}: layer {index} ({_brief(cls)}) has no config object")
     rules = RULES[cls]
-    where = f"{path}: layer {_brief(cfg.get('name', index), 40)} ({cls})"
+    where = f"{path}: layer {str(cfg.get('name', index))[:40]} ({cls})"
     for key in cfg:
         if key not in rules and key not in HARMLESS:
             raise ModelFileError(f"{where}: setting {_brief(key, 40)} is not supported (it may change the "
@@ -109,7 +109,7 @@ def check_config(path: Path, config: Any) -> None:
     found = [layer.get("class_name") if isinstance(layer, dict) else None for layer in layers]
     body = [c for c in found if c != "InputLayer"]
     if body != TUTORIAL_LAYERS:
-        raise ModelFileError(f"{path}: architecture {_brief(' -> '.join(map(str, body)), 200)} is not the "
+        raise ModelFileError(f"{path}: architecture {' -> '.join(str(c)[:20] for c in body[:12])} is not the "
                              f"tutorial's; expected {' -> '.join(TUTORIAL_LAYERS)}")
     weighted = iter(PER_LAYER)
     for i, layer in enumerate(layers):
