@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--data-dir")
     args = ap.parse_args()
     model = digitlab.load(args.model)
-    data = load_mnist(args.data_dir)
+    data = load_mnist(args.data_dir)  # --data-dir, else $DIGITLAB_DATA_DIR, else the cache
     digits, labels = data.test_images[5000:5000 + args.n], data.test_labels[5000:5000 + args.n]
     client = None
     if "json" in args.doors:
@@ -85,9 +85,10 @@ def main() -> None:
         pictures = [make(d, rng) for d in digits]
         t = time.perf_counter()
         cells = []
+        doors = {"file": lambda p: door_file(model, p), "array": lambda p: door_array(model, p),
+                 "json": lambda p: door_json(client, p)}
         for door in args.doors:
-            pred = {"file": lambda: door_file(model, pictures), "array": lambda: door_array(model, pictures),
-                    "json": lambda: door_json(client, pictures)}[door]()
+            pred = doors[door](pictures)
             cells.append("      n/a" if pred is None else f"{100 * (pred == labels).mean():8.1f}%")
         print(f"{name:<26}" + "".join(cells) + f"  {time.perf_counter() - t:4.1f}")
 

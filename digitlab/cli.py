@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a model to ONNX")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--onnx", required=True, metavar="OUT", help="ONNX file to write")
+    p.add_argument("--int8", action="store_true",
+                   help="quantize to int8 (onnxruntime static QDQ, calibrated on 512 training images); "
+                        "see benchmarks/int8.py for whether it pays on this machine")
     return parser
 
 
@@ -244,7 +247,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_import_keras(args: argparse.Namespace) -> int:
-    from digitlab.interop import import_keras
+    from digitlab.modelfile import import_keras
 
     path = import_keras(args.file, args.out)
     print(f"wrote {path}")
@@ -252,10 +255,10 @@ def cmd_import_keras(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from digitlab.interop import export_onnx
     from digitlab.modelfile import load
+    from digitlab.onnx import export_onnx
 
-    path = export_onnx(load(args.model), args.onnx)
+    path = export_onnx(load(args.model), args.onnx, int8=args.int8)
     print(f"wrote {path}")
     return 0
 
