@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-upload", type=int, default=MAX_UPLOAD, help="largest request body in bytes")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes (each loads its own model copy and takes a share of the cores)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also accept this Host header name (repeatable; default: loopback names only)")
 
     p = sub.add_parser("import-keras", help="convert a Keras .h5/.keras file of the tutorial's network")
     p.add_argument("file", metavar="FILE")
@@ -237,7 +241,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from digitlab.serve.app import run
 
-    run(args.model, host=args.host, port=args.port, max_upload=args.max_upload)
+    if args.workers < 1:
+        raise DigitlabError(f"--workers {args.workers}: expected 1 or more")
+    run(args.model, host=args.host, port=args.port, max_upload=args.max_upload, workers=args.workers,
+        allow_hosts=args.allow_host)
     return 0
 
 

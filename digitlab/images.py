@@ -28,9 +28,12 @@ MAX_PIXELS = 50_000_000
 TARGET_MASS_CENTER = 14.0  # where MNIST's centre-of-mass lands (rows and columns, pixel-index units)
 
 
-def load_image(source: str | os.PathLike | bytes | IO[bytes], name: str | None = None) -> Image.Image:
+def load_image(source: str | os.PathLike | bytes | IO[bytes], name: str | None = None, *,
+               max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open and fully decode an image file (path, bytes or file object), with EXIF rotation applied.
 
+    max_pixels: the most pixels to decode; a JPEG declaring more is decoded at the 1/2, 1/4 or 1/8 scale
+    that fits (libjpeg's draft mode, nearly free), anything else is refused.
     Raises ImageError naming the file for anything unreadable, not an image, or too large."""
     label = name or (str(source) if isinstance(source, (str, os.PathLike)) else "image")
     if isinstance(source, bytes):
@@ -39,9 +42,12 @@ def load_image(source: str | os.PathLike | bytes | IO[bytes], name: str | None =
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(source)
-            if im.width * im.height > MAX_PIXELS:
+            if im.width * im.height > max_pixels and im.format == "JPEG":
+                scale = next((s for s in (2, 4, 8) if -(-im.width // s) * -(-im.height // s) <= max_pixels), 8)
+                im.draft(im.mode, (-(-im.width // scale), -(-im.height // scale)))
+            if im.width * im.height > max_pixels:
                 raise ImageError(f"{label}: {im.width}x{im.height} pixels is more than the limit of "
-                                 f"{MAX_PIXELS:,} (a decompression bomb?)", kind="too_large")
+                                 f"{max_pixels:,} (a decompression bomb?)", kind="too_large")
             im.load()
             im = ImageOps.exif_transpose(im)
         if im.mode == "F" and not np.isfinite(np.asarray(im)).all():
