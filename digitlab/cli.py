@@ -186,7 +186,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line(text: str) -> str:
+    """text with every character that is not printable escaped as Python writes it (a newline as \\n, a
+    byte of a file name that is not valid UTF-8 as \\udcXX): one line, and printable in any locale."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
+    import warnings
+
     from digitlab.images import expand_sources, load_image, to_mnist
     from digitlab.modelfile import load
     from digitlab.predict import predict_records
@@ -194,14 +202,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not args.sources and not args.index:
         raise DigitlabError("predict: give image files or folders, or --index N for a test-set image")
     model = load(args.model)
-    inputs, names, failed = [], [], 0
-    for path in expand_sources(args.sources):
+    inputs, names, errors = [], [], []
+    paths = expand_sources(args.sources, errors)
+    for path in paths:
         try:
-            inputs.append(to_mnist(load_image(path)))
+            with warnings.catch_warnings():
+                # Pillow warns about damaged EXIF blocks and reads on without them: the picture is fine.
+                warnings.filterwarnings("ignore", category=UserWarning, module="PIL.TiffImagePlugin")
+                inputs.append(to_mnist(load_image(path)))
             names.append(str(path))
         except DigitlabError as e:
-            print(f"digitlab: error: {e}", file=sys.stderr)
-            failed += 1
+            errors.append(str(e))
+    for message in errors:
+        print(f"digitlab: error: {_one_line(message)}", file=sys.stderr)
+    failed = len(errors)
     if args.index:
         data = _test_set(args.data_dir, args.dataset or model.metadata.get("dataset", "mnist"))
         for i in args.index:
@@ -213,10 +227,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             names.append(f"test[{i}] (label {data.test_labels[i]})")
     records = predict_records(model, inputs, names)
     if args.json:
-        print(json.dumps(records))
+        print(json.dumps(records))  # JSON escapes newlines and undecodable bytes (as \udcXX) itself
     else:
         for r in records:
-            print(f"{r['source']}: {r['label']}  (confidence {r['confidence']:.4f})")
+            print(f"{_one_line(r['source'])}: {r['label']}  (confidence {r['confidence']:.4f})")
             print("   " + "  ".join(f"{c}:{p:.3f}" for c, p in zip(model.classes, r["probabilities"], strict=True)))
     return 1 if failed else 0
 

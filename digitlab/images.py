@@ -10,8 +10,10 @@ already: only its polarity is fixed.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
 import warnings
 from pathlib import Path
 from typing import IO
@@ -257,15 +259,40 @@ def _thicken(crop: np.ndarray) -> np.ndarray:
     return crop
 
 
-def expand_sources(sources: list[str]) -> list[Path]:
-    """Files as given; directories expanded to the images inside them (sorted, not recursive)."""
+def _not_a_file(p: Path) -> str | None:
+    """Why p cannot be read as an image file (None if it is a regular file). Checked before opening: a
+    FIFO would block the open forever, and a dangling or looping link deserves its own message."""
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        return f"dangling symbolic link (to {os.readlink(p)})" if p.is_symlink() else "no such file"
+    except OSError as e:
+        return "symbolic link loop" if e.errno == errno.ELOOP else f"cannot read ({e.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a folder, not an image file"
+    return "is a FIFO (named pipe), not an image file" if stat.S_ISFIFO(mode) else "is not a regular file"
+
+
+def expand_sources(sources: list[str], errors: list[str] | None = None) -> list[Path]:
+    """Files as given; folders expanded to the images inside them (by suffix, sorted, not recursive).
+
+    Anything named as an image that is not a regular file (a dangling or looping symbolic link, a FIFO, a
+    folder named x.png, a missing file) is an error, never skipped silently: with errors given, one line
+    per such path is appended there ("PATH: why") and the path left out; without, ImageError is raised."""
     out: list[Path] = []
     for s in sources:
         p = Path(s)
-        if p.is_dir():
-            out += sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            out.append(p)
+        wanted = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
+        for q in wanted:
+            why = _not_a_file(q)
+            if why is None:
+                out.append(q)
+            elif errors is None:
+                raise ImageError(f"{q}: {why}")
+            else:
+                errors.append(f"{q}: {why}")
     return out
 
 

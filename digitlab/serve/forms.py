@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
 MAX_SIDE = 2048  # longest side of a JSON pixel array
 MAX_VALUES = 1 << 20  # grey values (or RGBA pixels) in one JSON array
@@ -36,6 +36,17 @@ _STRICT = ConfigDict(extra="forbid")
 _DIGIT_ROWS = [[0] * 28] * 12 + [[0] * 13 + [255, 255] + [0] * 13] * 10 + [[0] * 28] * 6  # a "1", ink bright
 
 
+Rows = Annotated[list[Annotated[list[Grey], Field(min_length=1, max_length=MAX_SIDE)]],
+                 Field(min_length=1, max_length=MAX_SIDE), Tag("rows")]
+Flat = Annotated[list[Grey], Field(min_length=1, max_length=MAX_VALUES), Tag("flat")]
+
+
+def _pixels_kind(value: Any) -> str:
+    """Which pixels form a value is, so errors speak of that form only."""
+    nested = isinstance(value, list) and value and isinstance(value[0], list)
+    return "rows" if nested else "flat"
+
+
 class BadForm(ValueError):
     """A JSON body that is none of the accepted forms, or a form whose values are wrong."""
 
@@ -46,9 +57,7 @@ class PixelsIn(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"pixels": _DIGIT_ROWS},
         {"pixels": [v / 255 for row in _DIGIT_ROWS for v in row], "width": 28, "height": 28, "range": "0-1"}]})
-    pixels: (Annotated[list[Annotated[list[Grey], Field(min_length=1, max_length=MAX_SIDE)]],
-                       Field(min_length=1, max_length=MAX_SIDE)]
-             | Annotated[list[Grey], Field(min_length=1, max_length=MAX_VALUES)]) = Field(
+    pixels: Annotated[Rows | Flat, Discriminator(_pixels_kind)] = Field(
         description="grey values: a list of rows, or one flat list row by row (then width and height, "
                     "unless there are 784 values: 28x28)")
     width: Side | None = None
@@ -86,7 +95,7 @@ class BatchIn(BaseModel):
 
 def _detail(e: ValidationError, where: str) -> str:
     first = e.errors()[0]
-    loc = ".".join([where, *(str(x) for x in first["loc"])]) if where else ".".join(str(x) for x in first["loc"])
+    loc = ".".join(str(x) for x in ([where] if where else []) + list(first["loc"]) if x not in ("rows", "flat"))
     return f"{loc or 'body'}: {first['msg']} ({len(e.errors())} error(s) in all)"
 
 
