@@ -44,7 +44,16 @@ from digitlab.images import load_image
 from digitlab.modelfile import DigitModel, load
 from digitlab.predict import predict_records
 from digitlab.prepare import prepare
-from digitlab.serve import BODY_TIMEOUT_S, LARGE_PICTURE, LOOPBACK_HOSTS, MAX_REQUEST_PIXELS, MAX_UPLOAD, QUEUE_WAIT_S
+from digitlab.serve import (
+    BODY_TIMEOUT_S,
+    HEADER_TIMEOUT_S,
+    LARGE_PICTURE,
+    LOOPBACK_HOSTS,
+    MAX_HEADER_BYTES,
+    MAX_REQUEST_PIXELS,
+    MAX_UPLOAD,
+    QUEUE_WAIT_S,
+)
 from digitlab.serve.forms import (
     ACCEPTED,
     MAX_BATCH,
@@ -224,7 +233,7 @@ async def _multipart_jobs(request: Request, batch: bool) -> list[Job]:
 
 async def _read_jobs(request: Request, batch: bool) -> list[Job]:
     media = _media_type(request)
-    if media == "multipart/form-data":
+    if media in ("multipart/form-data", "application/x-www-form-urlencoded"):  # the latter holds text only
         return await _multipart_jobs(request, batch)
     if media == "application/json":
         return await _json_jobs(request, batch)
@@ -409,16 +418,16 @@ def app_from_env() -> FastAPI:
 
 
 def run(model_path: str, host: str = "127.0.0.1", port: int = 8000, max_upload: int = MAX_UPLOAD,
-        workers: int = 1, allow_hosts: list[str] | None = None) -> None:
+        workers: int = 1, allow_hosts: list[str] | None = None, header_timeout: float = HEADER_TIMEOUT_S,
+        body_timeout: float = BODY_TIMEOUT_S) -> None:
     """Serve the app with Granian until interrupted. Each worker is a process with its own copy of the
-    model and its own decode slots (the cores shared out between workers); allow_hosts adds Host names."""
+    model and its own decode slots (the cores shared out between workers); allow_hosts adds Host names;
+    header_timeout and body_timeout are seconds (the head's also closes idle keep-alive connections)."""
     import json
 
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces
     from granian.http import HTTP1Settings
-
-    from digitlab.serve import HEADER_TIMEOUT_S, MAX_HEADER_BYTES
 
     load(model_path)  # a bad model file is one clear error here, not one per worker
     hosts = [*LOOPBACK_HOSTS, *(allow_hosts or [])]
@@ -426,10 +435,10 @@ def run(model_path: str, host: str = "127.0.0.1", port: int = 8000, max_upload: 
         hosts.append(f"[{host}]" if ":" in host else host)
     os.environ[SETTINGS_ENV] = json.dumps({
         "model": str(Path(model_path).resolve()), "max_upload": max_upload, "allowed_hosts": hosts,
-        "slots": max(1, (os.cpu_count() or 1) // workers)})
+        "slots": max(1, (os.cpu_count() or 1) // workers), "body_timeout": body_timeout})
     print(f"digitlab serving {model_path} on http://{host}:{port}/  (API docs: /docs; {workers} worker(s))",
           flush=True)
     Granian("digitlab.serve.app:app_from_env", factory=True, interface=Interfaces.ASGI, address=host, port=port,
             workers=workers, http=HTTPModes.http1, log_level="warning",
-            http1_settings=HTTP1Settings(header_read_timeout=HEADER_TIMEOUT_S * 1000,
+            http1_settings=HTTP1Settings(header_read_timeout=round(header_timeout * 1000),
                                          max_buffer_size=MAX_HEADER_BYTES)).serve()
