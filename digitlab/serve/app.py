@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import math
 import os
 import warnings
 from collections.abc import Callable
@@ -49,9 +50,11 @@ from digitlab.serve import (
     HEADER_TIMEOUT_S,
     LARGE_PICTURE,
     LOOPBACK_HOSTS,
+    MAX_CONNECTIONS,
     MAX_HEADER_BYTES,
     MAX_REQUEST_PIXELS,
     MAX_UPLOAD,
+    PREPARE_PIXELS,
     QUEUE_WAIT_S,
 )
 from digitlab.serve.forms import (
@@ -181,10 +184,24 @@ def _prepare_all(jobs: list[Job], max_pixels: int) -> list[np.ndarray]:
             raise BadInput(422, f"{job.name}: the request's pictures hold more than {max_pixels:,} pixels")
         left -= size
         try:
-            images.append(prepare(picture).image)
+            images.append(prepare(_reduced(picture)).image)
         except ImageError as e:
             raise BadInput(422, f"{job.name}: {e}") from None
     return images
+
+
+def _reduced(picture: Any) -> Any:
+    """picture box-reduced by the smallest whole factor that brings it to PREPARE_PIXELS or fewer (the
+    server's memory bound: prepare() works on float copies); smaller pictures are returned as they are."""
+    if not isinstance(picture, Image.Image) or picture.width * picture.height <= PREPARE_PIXELS:
+        return picture
+    factor = math.ceil(math.sqrt(picture.width * picture.height / PREPARE_PIXELS))
+    while -(-picture.width // factor) * -(-picture.height // factor) > PREPARE_PIXELS:
+        factor += 1
+    try:
+        return picture.reduce(factor)
+    except ValueError:  # a mode reduce() does not handle: the same box average by resize
+        return picture.resize((-(-picture.width // factor), -(-picture.height // factor)), Image.BOX)
 
 
 def _form_job(form: BaseModel, prefix: str = "") -> Job:
@@ -417,6 +434,17 @@ def app_from_env() -> FastAPI:
     return create_app(settings.pop("model"), **settings)
 
 
+def _allow_open_files(wanted: int) -> int:
+    """Raise this process's open-file limit towards wanted (within the hard limit); the limit now."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return wanted if soft == resource.RLIM_INFINITY else soft
+
+
 def run(model_path: str, host: str = "127.0.0.1", port: int = 8000, max_upload: int = MAX_UPLOAD,
         workers: int = 1, allow_hosts: list[str] | None = None, header_timeout: float = HEADER_TIMEOUT_S,
         body_timeout: float = BODY_TIMEOUT_S) -> None:
@@ -438,7 +466,11 @@ def run(model_path: str, host: str = "127.0.0.1", port: int = 8000, max_upload: 
         "slots": max(1, (os.cpu_count() or 1) // workers), "body_timeout": body_timeout})
     print(f"digitlab serving {model_path} on http://{host}:{port}/  (API docs: /docs; {workers} worker(s))",
           flush=True)
+    connections = _allow_open_files(MAX_CONNECTIONS * workers + 256) // workers - 64
+    # backpressure: connections each worker holds open at once; past it, new ones wait in the backlog
+    # (Granian's default, 1,024, let ~1,000 idle sockets lock everyone else out until they time out).
     Granian("digitlab.serve.app:app_from_env", factory=True, interface=Interfaces.ASGI, address=host, port=port,
-            workers=workers, http=HTTPModes.http1, log_level="warning",
+            workers=workers, http=HTTPModes.http1, log_level="warning", backlog=2048,
+            backpressure=max(64, min(MAX_CONNECTIONS, connections)),
             http1_settings=HTTP1Settings(header_read_timeout=round(header_timeout * 1000),
                                          max_buffer_size=MAX_HEADER_BYTES)).serve()
