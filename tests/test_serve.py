@@ -60,6 +60,16 @@ def test_model_info_shows_no_local_paths(client, trained_model_path):
     assert trained_model_path.name in text
 
 
+def test_model_info_keeps_class_labels_whole(trained_model):
+    """Fashion-MNIST's "T-shirt/top" is a label, not a path."""
+    import copy
+
+    fashion = copy.copy(trained_model)
+    fashion.metadata = {**trained_model.metadata, "classes": ["T-shirt/top", *trained_model.classes[1:]]}
+    info = TestClient(create_app(fashion), base_url="http://localhost").get("/api/model").json()
+    assert info["classes"][0] == "T-shirt/top"
+
+
 def test_predict_upload_same_numbers_as_cli_path(client, trained_model):
     data = png_of_one()
     r = client.post("/api/predict", files={"file": ("one.png", data, "image/png")})

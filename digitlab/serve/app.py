@@ -338,12 +338,13 @@ def _add_openapi_forms(app: FastAPI) -> None:
 
 def _model_info(model: DigitModel, max_upload: int) -> dict[str, Any]:
     meta = model.metadata
-    return _no_paths({
+    # Only the training settings hold paths (out, data_dir, resume); class labels may hold "/" ("T-shirt/top").
+    return {
         "architecture": meta.get("architecture"), "arch_config": meta.get("arch_config"),
         "dataset": meta.get("dataset"), "classes": model.classes, "parameters": model.param_count,
-        "test_metrics": meta.get("test_metrics"), "training": meta.get("training"),
+        "test_metrics": meta.get("test_metrics"), "training": _no_paths(meta.get("training")),
         "digitlab_version": meta.get("digitlab_version"), "max_upload_bytes": max_upload,
-        "max_request_pixels": MAX_REQUEST_PIXELS})
+        "max_request_pixels": MAX_REQUEST_PIXELS}
 
 
 def create_app(model: DigitModel | str | Path, max_upload: int = MAX_UPLOAD,
