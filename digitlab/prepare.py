@@ -38,6 +38,7 @@ from digitlab.images import IMAGE_SUFFIXES, decode, expand_sources, grey
 cv2.setNumThreads(1)  # pictures here are small: threads cost more than they give, and servers run several
 
 WORK_SIDE = 256  # pictures are prepared at a long side of at most this many pixels (a digit needs ~20)
+SMALL_SIDE = 112  # ... and pictures whose short side is under this many are enlarged to it
 MIN_CONTRAST = 0.12  # ink must differ from its paper by 12% of the paper's brightness (readable ink: 30-95%)
 MIN_SNR = 6.0  # ... and by 6 times the picture's own noise (robust standard deviation)
 MASS_CENTER = 14.0  # where MNIST's centre of mass lands (rows and columns, pixel-index units)
@@ -73,17 +74,41 @@ def prepare(picture: Any) -> Prepared:
             pieces = find_marks(image.astype(np.float32) / 255.0, image > 0)
             return _record(image, pieces, 1.0, image.astype(np.float32) / 255.0)
     ink, scale = ink_map(g)
-    mask = ink > 0
-    pieces = find_marks(ink, mask)
+    pieces = find_marks(ink, ink > 0)
     if not pieces:
         return _record(np.zeros((28, 28), np.uint8), [], scale, ink)
+    crop = _kept_ink(ink, pieces)
+    if scale > 1.5 and len(pieces) == 1:
+        finer = _finer_crop(g, _union(pieces[0]), scale)
+        crop = crop if finer is None else finer
+    return _record(to_28x28(crop), pieces, scale, ink)
+
+
+def _kept_ink(ink: np.ndarray, pieces: list[list[tuple[int, int, int, int]]]) -> np.ndarray:
+    """The ink of the marks' pieces (specks elsewhere dropped), cropped to their union."""
     x0, y0, x1, y1 = _union([p for group in pieces for p in group])
-    keep = np.zeros_like(mask)
+    keep = np.zeros(ink.shape, bool)
     for group in pieces:
         for bx0, by0, bx1, by1 in group:
             keep[by0:by1, bx0:bx1] = True
-    crop = np.where(keep, ink, 0)[y0:y1, x0:x1]
-    return _record(to_28x28(crop), pieces, scale, ink)
+    return np.where(keep, ink, 0)[y0:y1, x0:x1]
+
+
+def _finer_crop(g: np.ndarray, box: tuple[int, int, int, int], scale: float) -> np.ndarray | None:
+    """A small digit on a big picture is only a few pixels tall at the working scale: prepare the region
+    around it again at the picture's own resolution (the region's paper and ink are measured afresh)."""
+    x0, y0, x1, y1 = (round(v * scale) for v in box)
+    m = max(x1 - x0, y1 - y0)
+    r0, r1 = max(0, y0 - m), min(g.shape[0], y1 + m)
+    c0, c1 = max(0, x0 - m), min(g.shape[1], x1 + m)
+    region = g[r0:r1, c0:c1]
+    if max(region.shape) >= max(g.shape) * 0.9:
+        return None  # the digit fills the picture: the working scale had enough pixels
+    ink, _ = ink_map(region)
+    pieces = find_marks(ink, ink > 0)
+    if len(pieces) != 1:
+        return None
+    return _kept_ink(ink, pieces)
 
 
 def _record(image: np.ndarray, pieces: list[list[tuple[int, int, int, int]]], scale: float,
@@ -105,9 +130,12 @@ def ink_map(g: np.ndarray) -> tuple[np.ndarray, float]:
     """Ink contrast (float32 0..1, 0 = paper) at a working scale, and that scale (original px per working
     px). g: grey picture, float32 0..1 on its own range, any polarity, lighting and paper."""
     h, w = g.shape
-    scale = max(1.0, max(h, w) / WORK_SIDE)
+    scale = max(h, w) / WORK_SIDE if max(h, w) > WORK_SIDE else min(1.0, min(h, w) / SMALL_SIDE)
     if scale > 1:
         g = cv2.resize(g, (max(1, round(w / scale)), max(1, round(h / scale))), interpolation=cv2.INTER_AREA)
+    elif scale < 1:  # small pictures (a canvas shrunk to 28x28): enlarged, so a 3x3 step is not a stroke
+        g = cv2.resize(g, (max(1, round(w / scale)), max(1, round(h / scale))), interpolation=cv2.INTER_CUBIC)
+        g = np.clip(g, 0, 1)
     g = cv2.GaussianBlur(g, (3, 3), 0)  # sensor noise and JPEG blocks, finer than any stroke here
     bright = _ink_is_bright(g)
     inv = g if bright else 1.0 - g
@@ -119,12 +147,15 @@ def ink_map(g: np.ndarray) -> tuple[np.ndarray, float]:
     contrast = inv - paper
     if not bright:  # dark ink on paper: contrast relative to the paper's local brightness
         contrast = contrast / np.maximum(1.0 - paper, 0.02)
-    else:  # bright ink on a dark ground: relative to the picture's own range
+    else:  # bright ink on a dark ground: relative to the picture's own range, which must itself be
+        # more than quantisation noise (a few grey levels of 8 bits is a black picture, not faint ink)
         span = float(inv.max() - np.median(paper))
-        contrast = contrast / max(span, 1e-6)
+        if span < MIN_CONTRAST / 4:
+            return np.zeros_like(inv), scale
+        contrast = contrast / span
     contrast = np.clip(contrast, 0, 1).astype(np.float32)
     noise = _robust_std(contrast)
-    peak = float(np.percentile(contrast, 99.9)) if contrast.size > 1000 else float(contrast.max())
+    peak = float(contrast.max())  # of a blurred picture: one hot pixel does not make a peak
     if peak < MIN_CONTRAST or peak < MIN_SNR * noise:
         return np.zeros_like(contrast), scale
     # Threshold: well above the noise and a third of the ink's own peak (anti-aliased edges keep
@@ -210,12 +241,14 @@ def _line_family(m: np.ndarray) -> np.ndarray | None:
 def find_marks(ink: np.ndarray, mask: np.ndarray) -> list[list[tuple[int, int, int, int]]]:
     """The digit-sized marks in an ink map, left to right; each mark is a list of piece boxes
     (x0, y0, x1, y1) in ink-map pixels. Pieces overlapping horizontally by a third of the narrower one
-    are one mark (a 5's bar, a broken 4 or 8); marks much smaller than the largest are specks."""
+    are one mark (a 5's bar, a broken 4 or 8); pieces and marks much smaller than the largest are specks."""
     n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     if n <= 1:
         return []
-    boxes = [(int(x), int(y), int(x + bw), int(y + bh), int(a)) for x, y, bw, bh, a in stats[1:]]
-    boxes.sort()
+    # Pieces with under 5% of the largest piece's ink are specks (dust, the fringe of a shadow's edge):
+    # neither part of a mark nor one.
+    floor = 0.05 * int(stats[1:, cv2.CC_STAT_AREA].max())
+    boxes = sorted((int(x), int(y), int(x + bw), int(y + bh), int(a)) for x, y, bw, bh, a in stats[1:] if a >= floor)
     groups: list[list[tuple[int, int, int, int, int]]] = []
     for b in boxes:
         for g in groups:
