@@ -350,7 +350,7 @@ def model_inputs(images: Any) -> np.ndarray:
 
 def _prepare_batch(a: np.ndarray) -> np.ndarray:
     """prepare() over a (N, 28, 28) batch; the MNIST-like ones (all of a dataset's) are found at once."""
-    x = a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else grey(a)
+    x = a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else grey(a.reshape(-1, 28)).reshape(a.shape)
     out = np.clip(x * 255.0, 0, 255).round().astype(np.uint8)
     for i in np.flatnonzero(~mnist_like_batch(x)):
         out[i] = prepare(x[i]).image

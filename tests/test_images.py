@@ -90,3 +90,42 @@ def test_decompression_bomb_refused():
 def test_missing_file(tmp_path):
     with pytest.raises(ImageError, match="no such file"):
         load_image(tmp_path / "nope.png")
+
+
+def test_lab_tiff_reads_its_lightness(tmp_path):
+    """A CIE L*a*b* TIFF (scanners, Photoshop): Pillow cannot convert it to RGB; its L channel is read."""
+    im = Image.new("RGB", (120, 120), "white")
+    ImageDraw.Draw(im).line([(60, 15), (60, 105)], fill="black", width=12)
+    lab = im.convert("LAB")
+    path = tmp_path / "scan.tif"
+    lab.save(path)
+    out = to_mnist(decode(path))
+    assert out.max() > 200 and (out > 128).sum(axis=0).max() >= 15
+
+
+def test_12_bit_scan_in_16_bit_png_with_sbit(tmp_path):
+    """A 12-bit scan stored in a 16-bit PNG (values 0..4095, sBIT 12) was divided by 65535: blank."""
+    a = np.full((100, 100), 4000, np.uint16)
+    a[20:80, 45:55] = 300
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "PNG")
+    data = buf.getvalue()
+    # sBIT (12 significant bits) goes right after IHDR, as scanners write it.
+    sbit = b"sBIT" + bytes([12])
+    chunk = (1).to_bytes(4, "big") + sbit + zlib.crc32(sbit).to_bytes(4, "big")
+    data = data[:33] + chunk + data[33:]
+    g = decode(data, name="scan12.png")
+    assert g.max() > 0.95 and abs(float(g[50, 50]) - 300 / 4095) < 1e-3
+    assert to_mnist(g).max() > 200
+
+
+@pytest.mark.slow
+def test_108_megapixel_phone_photo_is_decoded_downscaled(tmp_path):
+    """Phone photos up to 200 MP are real inputs: decoded at 1/8 scale (draft mode), not refused."""
+    im = Image.new("L", (12000, 9000), 235)
+    ImageDraw.Draw(im).line([(6000, 2000), (6000, 7000)], fill=20, width=300)
+    path = tmp_path / "phone.jpg"
+    im.save(path, quality=80)
+    del im
+    g = decode(path)
+    assert max(g.shape) <= 2048 and to_mnist(g).max() > 200

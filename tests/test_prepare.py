@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
+from digitlab.errors import ImageError
 from digitlab.prepare import prepare
 
 
@@ -158,3 +159,93 @@ def test_transparent_drawing():
 
 def test_blank_image_is_empty():
     assert to_mnist(Image.new("L", (100, 100), 255)).max() == 0
+
+
+# Issue 17: every way in reads people's digits. Each condition is rendered by digitlab.synth from MNIST
+# test digits; before the one road through prepare() these read 11-87% right (shadows, squared paper,
+# shrunk canvases), 0% (12-bit scans) or crashed (L*a*b*).
+@pytest.mark.parametrize("condition", ["hard shadow", "soft shadow", "ruled, grey", "squared, grey",
+                                       "squared, tilted", "12-bit PNG", "canvas shrunk to 28x28",
+                                       "28x28 dark on light", "dim paper", "noise"])
+def test_conditions_read_like_plain_scans(trained_model, mnist, condition):
+    from digitlab.images import decode
+    from digitlab.synth import CONDITIONS
+
+    rng = np.random.default_rng(3)
+    digits, labels = mnist.test_images[5000:5100], mnist.test_labels[5000:5100]
+    pictures = [CONDITIONS[condition](d, rng) for d in digits]
+    inputs = np.stack([prepare(decode(p) if isinstance(p, bytes) else p).image for p in pictures])
+    accuracy = (trained_model.predict(inputs).argmax(1) == labels).mean()
+    assert accuracy >= 0.93, (condition, accuracy)
+
+
+@pytest.mark.parametrize("paper", [0.25, 0.5, 0.75, 1.0])
+@pytest.mark.parametrize("ink", [0.05, 0.3, 0.5, 0.7])
+def test_contrast_sweep_reads_everything_readable(trained_model, mnist, paper, ink):
+    """Paper from dark grey to white, ink from 5% to 70% of the paper's brightness: no fixed grey level."""
+    from digitlab.synth import on_paper
+
+    rng = np.random.default_rng(4)
+    digits, labels = mnist.test_images[5000:5040], mnist.test_labels[5000:5040]
+    inputs = np.stack([prepare(on_paper(d, rng, paper=paper, ink_level=ink * paper, noise=0.01 * paper)).image
+                       for d in digits])
+    assert (trained_model.predict(inputs).argmax(1) == labels).mean() >= 0.95
+
+
+def test_python_api_doors_agree(trained_model, mnist):
+    """A torch tensor batch is a batch (not one PIL-like picture), float lists in 0..1 are 0..1, and a
+    dark-on-light array reads like the same digits as MNIST has them."""
+    import torch
+
+    x = mnist.test_images[:8]
+    expected = trained_model.predict(x).argmax(1)
+    assert (trained_model.predict(torch.from_numpy(x)).argmax(1) == expected).all()
+    assert (trained_model.predict([a / 255.0 for a in x]).argmax(1) == expected).all()
+    assert (trained_model.predict(1.0 - x / 255.0).argmax(1) == expected).all()
+    with pytest.raises(ImageError, match=r"shape \(8, 30, 30\); expected"):
+        trained_model.predict(np.zeros((8, 30, 30), np.uint8))
+    with pytest.raises(ImageError, match="dtype int16"):
+        trained_model.predict(np.zeros((2, 28, 28), np.int16))
+
+
+def two_digits(mnist, gap: int) -> np.ndarray:
+    a, b = (255 - mnist.test_images[i] for i in (1, 2))
+    page = np.full((60, 28 * 2 + gap + 20), 255, np.uint8)
+    page[16:44, 10:38] = a
+    page[16:44, 38 + gap:66 + gap] = b
+    return page
+
+
+def test_statuses_empty_and_several_digits(mnist):
+    blank = np.full((200, 200), 0.9, np.float32) + np.random.default_rng(0).normal(0, 0.01, (200, 200))
+    assert prepare(np.clip(blank, 0, 1)).status == "empty"
+    dusty = np.clip(blank, 0, 1)
+    dusty[50, 60] = dusty[150, 30] = 0.1  # specks of dust
+    dusty[100:104, 100:140] = np.minimum(dusty[100:104, 100:140], 0.85)  # a faint smudge
+    assert prepare(dusty).status == "empty"
+    p = prepare(two_digits(mnist, 8))
+    assert p.status == "several_digits" and p.marks == 2 and len(p.boxes) == 2
+
+
+def test_tricky_single_digits_are_one_mark():
+    """A 5 with its bar detached, a broken 4, an 8 in two loops, a speck beside a 1: one digit each."""
+    def page() -> tuple[Image.Image, ImageDraw.ImageDraw]:
+        im = Image.new("L", (200, 200), 255)
+        return im, ImageDraw.Draw(im)
+
+    five, d = page()
+    d.line([(70, 40), (140, 40)], fill=0, width=12)  # the bar, not touching
+    d.line([(70, 58), (70, 95)], fill=0, width=12)
+    d.arc([60, 85, 140, 165], 200, 160, fill=0, width=12)
+    four, d = page()
+    d.line([(120, 30), (60, 120), (150, 120)], fill=0, width=12)
+    d.line([(125, 80), (125, 175)], fill=0, width=12)  # the stem, broken from the rest
+    eight, d = page()
+    d.ellipse([70, 30, 130, 95], outline=0, width=12)
+    d.ellipse([62, 102, 138, 175], outline=0, width=12)
+    one, d = page()
+    d.line([(100, 30), (100, 170)], fill=0, width=14)
+    d.ellipse([140, 160, 146, 166], fill=0)
+    for name, im in [("five", five), ("four", four), ("eight", eight), ("one", one)]:
+        p = prepare(im)
+        assert p.status == "digit" and p.marks == 1, (name, p.status, p.marks)
