@@ -41,12 +41,6 @@ DEFAULT_CALIBRATION: dict[str, Any] = {
 }
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def msp_score(probabilities: np.ndarray) -> np.ndarray:
     """Maximum softmax probability per row: (N, C) or (C,) probabilities -> (N,) or () float32 in [1/C, 1]."""
     return np.asarray(probabilities, dtype=np.float32).max(axis=-1)
@@ -66,7 +60,10 @@ def digit_score(outputs: np.ndarray, method: str, *, logits: bool) -> np.ndarray
     outputs: (N, C) or (C,) float; ``logits=True`` if they are logits, False if probabilities.
     Raises ValueError for an unknown method, or for energy on probabilities (it needs logits)."""
     if method == "msp":
-        return msp_score(_softmax(np.asarray(outputs, dtype=np.float32)) if logits else outputs)
+        if not logits:
+            return msp_score(outputs)
+        z = np.asarray(outputs, dtype=np.float32)
+        return 1 / np.exp(z - z.max(axis=-1, keepdims=True)).sum(axis=-1)  # the largest softmax, directly
     if method == "energy":
         if not logits:
             raise ValueError("the energy score needs logits; probabilities lose the per-row constant it measures")
@@ -138,7 +135,8 @@ def status_for(prepared_status: str, outputs: np.ndarray, calibration: dict[str,
         return prepared_status
     if prepared_status != "digit":
         raise ValueError(f"prepared status: expected one of {', '.join(PREPARED_STATUSES)}, got {prepared_status!r}")
-    return "digit" if bool(accepted(np.asarray(outputs)[None], calibration, logits=logits)[0]) else "not_a_digit"
+    cal = DEFAULT_CALIBRATION if calibration is None else calibration
+    return "digit" if float(digit_score(outputs, cal["method"], logits=logits)) >= cal["threshold"] else "not_a_digit"
 
 
 def logits(model: Any, images: Any) -> np.ndarray:
