@@ -60,9 +60,10 @@ def main() -> None:
     optimizer = make_optimizer(cfg, net.parameters())
     steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    t_pool = time.perf_counter()
-    negative_batch(0, 1, cfg.data_dir)  # build the pool once, timed on its own
-    print(f"negative pool: {time.perf_counter() - t_pool:.1f} s")
+    if args.negatives:
+        t_pool = time.perf_counter()
+        negative_batch(0, 1, cfg.data_dir)  # build the pool once, timed on its own
+        print(f"negative pool: {time.perf_counter() - t_pool:.1f} s")
     for epoch in range(cfg.epochs):
         net.train()
         perm = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(_seed_for(cfg.seed, epoch)))
