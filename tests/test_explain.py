@@ -54,7 +54,7 @@ def test_map_changes_when_the_weights_are_randomized(trained_model, mnist, metho
     assert np.median(rho) < 0.5, f"rank correlations {np.round(rho, 2)}"
 
 
-@pytest.mark.parametrize("method", ex.METHODS)
+@pytest.mark.parametrize("method", ["occlusion", pytest.param("integrated-gradients", marks=pytest.mark.slow)])
 def test_deleting_the_top_pixels_matters_more_than_random_ones(trained_model, mnist, method):
     """Delete (blacken) the 10% of ink pixels with the highest attribution, or a random 10%: the first
     must change the prediction at least 3x as often, over 200 test images."""
