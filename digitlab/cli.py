@@ -75,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON list")
     _data_args(p)
 
+    p = sub.add_parser("explain", help="where the evidence for each answer lies (attribution maps)")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("sources", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    p.add_argument("--method", default="occlusion", choices=["occlusion", "integrated-gradients"],
+                   help="occlusion (forward passes only, no torch) or integrated-gradients (Captum)")
+    p.add_argument("--out", metavar="PNG", help="write the map over what the model saw (one image: this file; "
+                   "several: PNG-<n>.png)")
+    p.add_argument("--json", action="store_true", help="print a JSON list with the 28x28 attribution")
+
     p = sub.add_parser("show", help="render a test image (PNG with --out, else in the terminal)")
     p.add_argument("--index", type=int, required=True)
     p.add_argument("--out", help="PNG file to write")
@@ -235,6 +244,41 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from digitlab.explain import attribution_png
+    from digitlab.images import decode, expand_sources
+    from digitlab.modelfile import load
+    from digitlab.predict import describe, explain_records
+    from digitlab.prepare import prepare
+
+    model = load(args.model)
+    errors: list[str] = []
+    prepared, names = [], []
+    for path in expand_sources(args.sources, errors):
+        try:
+            prepared.append(prepare(decode(path)))
+            names.append(str(path))
+        except DigitlabError as e:
+            errors.append(str(e))
+    for message in errors:
+        print(f"digitlab: error: {_one_line(message)}", file=sys.stderr)
+    records = explain_records(model, prepared, names, method=args.method)
+    for i, (r, p) in enumerate(zip(records, prepared, strict=True)):
+        if args.out and r["attribution"] is not None:
+            out = Path(args.out) if len(records) == 1 else Path(args.out).with_name(f"{Path(args.out).stem}-{i}.png")
+            r["map"] = str(attribution_png(p.image, np.asarray(r["attribution"], dtype=np.float32), out))
+    if args.json:
+        print(json.dumps(records))
+    else:
+        for r in records:
+            print(_one_line(describe(r)) + (f"  map: {r['map']}" if "map" in r else ""))
+    return 1 if errors else 0
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from digitlab.plots import show_png, show_terminal
 
@@ -279,8 +323,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"summary": cmd_summary, "recipes": cmd_recipes, "evaluate": cmd_evaluate,
-            "predict": cmd_predict, "show": cmd_show, "serve": cmd_serve, "import-keras": cmd_import_keras,
+COMMANDS = {"summary": cmd_summary, "recipes": cmd_recipes, "evaluate": cmd_evaluate, "predict": cmd_predict,
+            "explain": cmd_explain, "show": cmd_show, "serve": cmd_serve, "import-keras": cmd_import_keras,
             "export": cmd_export}
 
 

@@ -44,11 +44,11 @@ def explain(model: Any, image: np.ndarray, method: str = "occlusion", target: in
     float32 (28, 28), positive where the pixel's ink is evidence for target}; for an inkless image
     "digit" and "attribution" are None (there is nothing to explain).
     Raises ValueError for an unknown method, a class out of range, or an image predict would refuse."""
-    from digitlab.modelfile import as_model_input
+    from digitlab.prepare import model_inputs
 
     if method not in METHODS:
         raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
-    x = as_model_input(np.asarray(image))
+    x = model_inputs(np.asarray(image)).astype(np.float32) / 255.0
     if x.shape[0] != 1:
         raise ValueError(f"image: expected one (28, 28) image, got {x.shape[0]}")
     if not x.any():

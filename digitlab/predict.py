@@ -8,19 +8,22 @@ import numpy as np
 
 from digitlab.modelfile import DigitModel
 from digitlab.prepare import Prepared
+from digitlab.trust import calibration_of, status_for
 
 
 def predict_records(model: DigitModel, prepared: list[Prepared], names: list[str]) -> list[dict[str, Any]]:
     """One record per prepared picture: {"source", "status", "digit", "label", "confidence", "probabilities",
-    "marks"}. status is "digit", "empty" or "several_digits" (from prepare()); "digit", "label" and
-    "confidence" are null unless the status is "digit"; probabilities (floats in 0..1 over the model's
-    classes) are given wherever there is ink, null for an empty picture."""
+    "marks"}. status is "empty" or "several_digits" (from prepare()), "not_a_digit" (the model's score
+    below the threshold calibrated for it, digitlab.trust) or "digit"; "digit", "label" and "confidence"
+    are null unless the status is "digit"; probabilities (floats in 0..1 over the model's classes) are
+    given wherever there is ink, null for an empty picture."""
     if not prepared:
         return []
     inked = [i for i, p in enumerate(prepared) if p.status != "empty"]
     probs = model.predict(np.stack([prepared[i].image for i in inked])) if inked else np.zeros((0, 0))
     by_index = dict(zip(inked, probs, strict=True))
     classes = model.classes
+    calibration = calibration_of(model)
     records = []
     for i, (name, p) in enumerate(zip(names, prepared, strict=True)):
         record: dict[str, Any] = {"source": name, "status": p.status, "digit": None, "label": None,
@@ -28,7 +31,8 @@ def predict_records(model: DigitModel, prepared: list[Prepared], names: list[str
         if i in by_index:
             q = by_index[i]
             record["probabilities"] = [float(v) for v in q]
-            if p.status == "digit":
+            record["status"] = status_for(p.status, q, calibration)
+            if record["status"] == "digit":
                 k = int(q.argmax())
                 record.update(digit=k, label=classes[k], confidence=float(q[k]))
         records.append(record)
@@ -46,3 +50,20 @@ def describe(record: dict[str, Any]) -> str:
     if status == "several_digits":
         return f"{record['source']}: several digits ({record['marks']} marks)"
     return f"{record['source']}: not a digit (confidence {max(record['probabilities']):.4f} is below the threshold)"
+
+
+def explain_records(model: DigitModel, prepared: list[Prepared], names: list[str],
+                    method: str = "occlusion") -> list[dict[str, Any]]:
+    """predict_records plus {"method", "attribution"}: a 28x28 list of floats (evidence for the answer
+    positive, against it negative; digitlab.explain), null when the picture is empty."""
+    from digitlab.explain import explain
+
+    records = predict_records(model, prepared, names)
+    for record, p in zip(records, prepared, strict=True):
+        record["method"] = method
+        record["attribution"] = None
+        if p.status != "empty":
+            found = explain(model, p.image, method=method)
+            if found["attribution"] is not None:
+                record["attribution"] = [[float(v) for v in row] for row in found["attribution"]]
+    return records

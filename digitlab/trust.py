@@ -146,6 +146,6 @@ def logits(model: Any, images: Any) -> np.ndarray:
     A stop-gap for the energy score until DigitModel gives logits from its own (onnxruntime) pass:
     this is a second forward pass, far more than the 0.1 ms the score itself costs."""
     from digitlab.model import numpy_forward
-    from digitlab.modelfile import as_model_input
+    from digitlab.prepare import model_inputs
 
-    return numpy_forward(model.arch, model.weights, as_model_input(images))
+    return numpy_forward(model.arch, model.weights, model_inputs(images).astype(np.float32) / 255.0)

@@ -43,7 +43,7 @@ from digitlab import __version__
 from digitlab.errors import ImageError
 from digitlab.images import load_image
 from digitlab.modelfile import DigitModel, load
-from digitlab.predict import predict_records
+from digitlab.predict import explain_records, predict_records
 from digitlab.prepare import Prepared, prepare
 from digitlab.serve import (
     BODY_TIMEOUT_S,
@@ -384,12 +384,13 @@ def create_app(model: DigitModel | str | Path, max_upload: int = MAX_UPLOAD,
     async def gone(request: Request, exc: ClientDisconnect) -> Response:
         return Response(status_code=400)  # nobody is listening: no answer, and no traceback in the log
 
-    async def answer(request: Request, batch: bool) -> list[dict[str, Any]]:
+    async def answer(request: Request, batch: bool, explain: bool = False) -> list[dict[str, Any]]:
         jobs = await _read_jobs(request, batch)
 
         def work() -> list[dict[str, Any]]:
             images = _prepare_all(jobs, max_request_pixels)
-            records = predict_records(model, images, [j.name for j in jobs])
+            names = [j.name for j in jobs]
+            records = explain_records(model, images, names) if explain else predict_records(model, images, names)
             for r, p in zip(records, images, strict=True):
                 r["input"] = p.image.tolist()
             return records
@@ -407,6 +408,11 @@ def create_app(model: DigitModel | str | Path, max_upload: int = MAX_UPLOAD,
               responses=RESPONSES, summary=f"Recognize up to {MAX_BATCH} digits in one request, answered in order")
     async def predict_batch(request: Request) -> JSONResponse:
         return JSONResponse(await answer(request, batch=True))
+
+    @app.post("/api/explain", openapi_extra=_body_doc("file", False), responses=RESPONSES,
+              summary="Recognize one digit and say where the evidence lies (occlusion: 'attribution', 28x28)")
+    async def explain(request: Request) -> JSONResponse:
+        return JSONResponse((await answer(request, batch=False, explain=True))[0])
 
     info = _model_info(model, max_upload)
 
