@@ -7,7 +7,7 @@ import json
 import numpy as np
 from PIL import Image, ImageDraw
 
-from digitlab.train import RECIPES
+from digitlab.config import RECIPES
 from tests.conftest import run_cli
 
 

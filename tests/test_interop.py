@@ -13,7 +13,7 @@ import digitlab
 from digitlab.errors import ModelFileError
 from digitlab.interop import export_onnx
 from digitlab.model import ARCHITECTURES, count_params
-from digitlab.train import RECIPES
+from digitlab.config import RECIPES
 from tests.conftest import run_cli
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 from digitlab.images import to_mnist
 from digitlab.model import ARCHITECTURES, count_params
 from digitlab.serve.app import create_app
-from digitlab.train import RECIPES
+from digitlab.config import RECIPES
 from tests.test_images import bomb_png
 
 
