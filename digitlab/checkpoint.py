@@ -87,7 +87,10 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"resume: no such checkpoint {path}")
     header, data_bytes = _read_header(path)
     meta = _metadata(path, header)
-    config = config_from_dict(meta.get("config"), f"{path}: config")
+    try:
+        config = config_from_dict(meta.get("config"), f"{path}: config")
+    except DigitlabError as e:
+        raise CheckpointError(str(e)) from None
     epoch, step, steps_per_epoch = _position(path, meta, config)
     history = _history(path, meta.get("history"), epoch)
     partial = _partial(path, meta.get("partial"), step, config.batch_size)

@@ -188,7 +188,8 @@ def config_from_dict(settings: Any, where: str) -> TrainConfig:
         raise DigitlabError(f"{where}: expected an object of training settings, got {_short(settings)}")
     unknown = sorted(set(settings) - {f.name for f in fields(TrainConfig)})
     if unknown:
-        raise DigitlabError(f"{where}: unknown training settings: {_short(', '.join(map(str, unknown)))}")
+        names = ", ".join(map(str, unknown))
+        raise DigitlabError(f"{where}: unknown training settings: {names if len(names) <= 60 else names[:60] + '...'}")
     cfg = TrainConfig(**settings)
     try:
         cfg.validate()

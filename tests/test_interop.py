@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import digitlab
+from digitlab.config import RECIPES
 from digitlab.errors import ModelFileError
 from digitlab.interop import export_onnx
 from digitlab.model import ARCHITECTURES, count_params
-from digitlab.config import RECIPES
 from tests.conftest import run_cli
 
 FIXTURES = Path(__file__).parent / "fixtures"

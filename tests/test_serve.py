@@ -9,10 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
+from digitlab.config import RECIPES
 from digitlab.images import to_mnist
 from digitlab.model import ARCHITECTURES, count_params
 from digitlab.serve.app import create_app
-from digitlab.config import RECIPES
 from tests.test_images import bomb_png
 
 
