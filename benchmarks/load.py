@@ -19,9 +19,11 @@ import sys
 import time
 
 import httpx
+from _machine import machine_line
 from PIL import Image
 
 from digitlab.data import load_mnist
+from digitlab.errors import DigitlabError
 
 
 def free_port() -> int:
@@ -105,6 +107,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=10)
+    print(machine_line())
     print(f"{len(lat) + len(errors)} requests (half PNG uploads, half JSON pixels), {args.concurrency} concurrent "
           f"clients, {seconds:.1f} s")
     print("| requests/s | p50 ms | p99 ms | errors |\n|---|---|---|---|")
@@ -116,4 +119,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DigitlabError as e:  # no data: the message, not a traceback
+        raise SystemExit(f"load.py: {e}") from None

@@ -38,4 +38,6 @@ def test_explicit_precision_wins():
     cooper_lake = cpu_info(CPUINFO.format(extra="avx512_bf16"))
     assert choose_precision("fp32", "cpu", cooper_lake)[0] == "fp32"
     assert choose_precision("fp32", "cuda", cooper_lake)[0] == "fp32"
-    assert choose_precision("bf16", "cpu", cpu_info(""))[0] == "bf16"  # emulated, but asked for
+    assert choose_precision("bf16", "cpu", cpu_info("")) == (
+        "bf16", "bf16 requested; this CPU has no native bf16, so it is emulated (slower than fp32)")
+    assert choose_precision("bf16", "cpu", cooper_lake) == ("bf16", "bf16 requested")
