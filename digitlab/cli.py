@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
+import subprocess
 import sys
 import typing
 
@@ -123,22 +125,23 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
-    import os
+    from digitlab.training import check_output, train
 
+    # Only what the user typed overrides the recipe (every option's default is None).
+    given = {f.name: getattr(args, f.name) for f in cli_fields() if getattr(args, f.name) is not None}
+    config = config_from_recipe(given.pop("recipe", "seed"), **given)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        # A convenience for `torchrun --standalone --nproc-per-node N -m digitlab train ...`.
-        import subprocess
-
+        # A convenience for `torchrun --standalone --nproc-per-node N -m digitlab train ...`. Settings and
+        # output are checked here first: one clear line, rather than one per process and torchrun's report.
+        config.validate()
+        if not config.resume:
+            check_output(config)
         rest = [a for i, a in enumerate(argv) if a != "--nproc" and (i == 0 or argv[i - 1] != "--nproc")
                 and not a.startswith("--nproc=")]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
                "-m", "digitlab", *rest]
         return subprocess.run(cmd).returncode
-    from digitlab.training import train
-
-    # Only what the user typed overrides the recipe (every option's default is None).
-    given = {f.name: getattr(args, f.name) for f in cli_fields() if getattr(args, f.name) is not None}
-    train(config_from_recipe(given.pop("recipe", "seed"), **given))
+    train(config)
     return 0
 
 

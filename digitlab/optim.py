@@ -22,7 +22,8 @@ class KerasRMSprop(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr, "rho": rho, "eps": eps, "weight_decay": weight_decay})
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure=None) -> None:
+        """One update of every parameter that has a gradient (closure: unused, for the Optimizer API)."""
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:

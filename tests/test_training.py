@@ -24,7 +24,8 @@ from digitlab.errors import DigitlabError
 from digitlab.hardware import cpu_info, native_bf16
 from digitlab.training import TrainingInterrupted, history_path, train
 
-QUICK = {"epochs": 2, "limit": 1500, "quiet": True}  # 24 steps of 64 per epoch
+QUICK = {"epochs": 2, "limit": 640, "quiet": True}  # 10 steps of 64 per epoch
+RESUMABLE = dict(QUICK, seed=7, optimizer="adam", augment=True)  # every kind of state a checkpoint holds
 
 
 def test_end_to_end_one_epoch_full_mnist(trained_model, mnist):
@@ -51,30 +52,34 @@ def test_files_written_history_and_val_split(tmp_path, mnist_dir):
     hist = json.loads(history_path(out).read_text())
     assert set(hist["history"]) >= {"loss", "accuracy", "val_loss", "val_accuracy", "seconds"}
     assert len(hist["history"]["loss"]) == 2 and hist["config"]["val_split"] == 0.2
-    assert m.metadata["training"]["train_images"] == 1200
+    assert m.metadata["training"]["train_images"] == 512
     assert digitlab.load(out).metadata["history"] == hist["history"]
     assert digitlab.load(out).metadata["test_metrics"] == hist["test"]
     assert not checkpoint_path(out).exists()  # removed once training completes
 
 
-@pytest.mark.parametrize("stop_at", [5, 30, 48])  # mid-epoch 1, mid-epoch 2, right after the last step
-def test_resume_gives_the_same_result(tmp_path, mnist_dir, stop_at):
-    settings = dict(QUICK, seed=7, data_dir=str(mnist_dir), optimizer="adam", augment=True)
-    ref = train(**settings, out=str(tmp_path / "ref.safetensors"))
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, mnist_dir):
+    """The reference run that every interrupted-and-resumed run must reproduce exactly."""
+    return train(**RESUMABLE, out=str(tmp_path_factory.mktemp("ref") / "ref.safetensors"), data_dir=str(mnist_dir))
+
+
+@pytest.mark.parametrize("stop_at", [3, 13, 20])  # mid-epoch 1, mid-epoch 2, right after the last step
+def test_resume_gives_the_same_result(tmp_path, mnist_dir, uninterrupted, stop_at):
     out = tmp_path / "run.safetensors"
     with pytest.raises(TrainingInterrupted) as info:
-        train(**settings, out=str(out), stop_after_steps=stop_at)
+        train(**RESUMABLE, out=str(out), data_dir=str(mnist_dir), stop_after_steps=stop_at)
     assert info.value.checkpoint == checkpoint_path(out) and info.value.checkpoint.exists()
     assert not out.exists()  # no half model: only the checkpoint
     ckpt = read_checkpoint(info.value.checkpoint)
-    assert (ckpt.epoch, ckpt.step) == divmod(stop_at, 24)
+    assert (ckpt.epoch, ckpt.step) == divmod(stop_at, 10)
     # stop_after_steps=0 on resume: any step left to run would stop it at once. After the last step
     # nothing is left: the resumed run must only save and test, never redo the last epoch.
-    resumed = train(resume=str(info.value.checkpoint), quiet=True, stop_after_steps=0 if stop_at == 48 else None)
-    for k in ref.weights:
-        assert np.array_equal(ref.weights[k], resumed.weights[k]), k
-    assert resumed.metadata["history"]["loss"] == ref.metadata["history"]["loss"]
-    assert resumed.metadata["test_metrics"] == ref.metadata["test_metrics"]
+    resumed = train(resume=str(info.value.checkpoint), quiet=True, stop_after_steps=0 if stop_at == 20 else None)
+    for k in uninterrupted.weights:
+        assert np.array_equal(uninterrupted.weights[k], resumed.weights[k]), k
+    assert resumed.metadata["history"]["loss"] == uninterrupted.metadata["history"]["loss"]
+    assert resumed.metadata["test_metrics"] == uninterrupted.metadata["test_metrics"]
 
 
 def _wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float) -> list[str]:
@@ -100,6 +105,7 @@ def _wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float) -> list[
             return seen
 
 
+@pytest.mark.slow  # two processes each, torch imported twice: > 5 s even on a quiet machine
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_stops_cleanly_and_resumes(tmp_path, mnist_dir, sig):
     """The signal goes as soon as the trainer says it starts epoch 1 (an event, not a fixed delay)."""
@@ -153,7 +159,7 @@ def test_sigterm_during_the_test_evaluation(tmp_path, mnist_dir, monkeypatch, si
     ckpt = read_checkpoint(checkpoint_path(out))
     assert (ckpt.epoch, ckpt.step) == (2, 0)
     done = train(resume=str(checkpoint_path(out)), quiet=True, stop_after_steps=0)  # 0: no step may run
-    assert done.metadata["test_metrics"]["accuracy"] > 0.5
+    assert done.metadata["test_metrics"]["accuracy"] > 0.3  # it learnt (chance: 0.1)
     for k in saved.weights:
         assert np.array_equal(saved.weights[k], done.weights[k]), k
     assert not checkpoint_path(out).exists()
@@ -173,7 +179,7 @@ def test_existing_model_is_never_replaced_silently(tmp_path, mnist_dir):
 def test_an_interrupted_run_is_not_overwritten_by_a_fresh_one(tmp_path, mnist_dir):
     out = tmp_path / "m.safetensors"
     with pytest.raises(TrainingInterrupted):
-        train(**QUICK, out=str(out), data_dir=str(mnist_dir), stop_after_steps=3)
+        train(**QUICK, out=str(out), data_dir=str(mnist_dir), stop_after_steps=1)
     before = checkpoint_path(out).read_bytes()
     with pytest.raises(DigitlabError, match=r"m.ckpt.safetensors holds an interrupted run; continue it with --resume"):
         train(**QUICK, out=str(out), data_dir=str(mnist_dir))
@@ -242,7 +248,7 @@ def test_device_choice_without_a_gpu(tmp_path, mnist_dir):
 
 
 def test_precision_is_said_recorded_and_used(tmp_path, mnist_dir, capsys):
-    settings = dict(epochs=1, limit=640, data_dir=str(mnist_dir), seed=1)
+    settings = dict(epochs=1, limit=640, data_dir=str(mnist_dir), seed=1)  # 10 steps
     auto = train(**settings, out=str(tmp_path / "auto.safetensors"))
     expected = "bf16" if native_bf16(cpu_info()) else "fp32"
     assert auto.metadata["training"]["precision"] == expected
@@ -252,5 +258,5 @@ def test_precision_is_said_recorded_and_used(tmp_path, mnist_dir, capsys):
     assert (fp32.metadata["training"]["precision"], bf16.metadata["training"]["precision"]) == ("fp32", "bf16")
     # bf16 autocast really changes the arithmetic (emulated where the CPU lacks it), and still learns.
     assert not np.array_equal(fp32.weights["dense.weight"], bf16.weights["dense.weight"])
-    assert bf16.metadata["test_metrics"]["accuracy"] > 0.5
+    assert bf16.metadata["test_metrics"]["accuracy"] > 0.2  # 10 steps: above chance (0.1)
     assert capsys.readouterr().out == ""  # quiet
