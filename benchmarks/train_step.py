@@ -27,7 +27,7 @@ from _machine import machine_line
 
 from digitlab.config import TrainConfig
 from digitlab.hardware import choose_precision
-from digitlab.model import ARCHITECTURES, build_torch, layer_specs
+from digitlab.model import ARCHITECTURES, build_torch, resolved_layers
 from digitlab.optim import make_optimizer
 
 
@@ -52,12 +52,9 @@ def train_flops_per_image(arch: str) -> float:
     """Floating-point operations of one training example: forward, plus weight gradients (as many as
     forward), plus input gradients for every layer but the first (the image needs none)."""
     total, first = 0.0, None
-    for _, kind, s in layer_specs(ARCHITECTURES[arch]):
-        if kind == "Conv2D":
-            f = 2.0 * s["side"] ** 2 * s["out"] * s["in"] * s["kernel"] ** 2
-        elif kind == "Dense":
-            f = 2.0 * s["in"] * s["out"]
-        else:
+    for _, _, spec, s in resolved_layers(ARCHITECTURES[arch]):
+        f = spec.flops(s)
+        if not f:
             continue
         first = f if first is None else first
         total += f

@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a model to ONNX")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--onnx", required=True, metavar="OUT", help="ONNX file to write")
+    p.add_argument("--int8", action="store_true",
+                   help="quantize to int8 (onnxruntime static QDQ, calibrated on 512 training images); "
+                        "see benchmarks/int8.py for whether it pays on this machine")
     return parser
 
 
@@ -163,7 +166,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     models = [load(m) for m in args.models]
     if args.images:
-        from digitlab.images import load_labelled_folder
+        from digitlab.prepare import load_labelled_folder
 
         images, labels, _ = load_labelled_folder(args.images, models[0].classes)
     else:
@@ -190,9 +193,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from digitlab.images import expand_sources, load_image, to_mnist
+    from digitlab.images import decode, expand_sources
     from digitlab.modelfile import load
-    from digitlab.predict import predict_records
+    from digitlab.predict import describe, predict_records
+    from digitlab.prepare import prepare
 
     if not args.sources and not args.index:
         raise DigitlabError("predict: give image files or folders, or --index N for a test-set image")
@@ -200,7 +204,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     inputs, names, failed = [], [], 0
     for path in expand_sources(args.sources):
         try:
-            inputs.append(to_mnist(load_image(path)))
+            inputs.append(prepare(decode(path)))
             names.append(str(path))
         except DigitlabError as e:
             print(f"digitlab: error: {e}", file=sys.stderr)
@@ -212,15 +216,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 print(f"digitlab: error: --index {i}: out of range 0..{len(data.test_images) - 1}", file=sys.stderr)
                 failed += 1
                 continue
-            inputs.append(data.test_images[i])
+            inputs.append(prepare(data.test_images[i]))
             names.append(f"test[{i}] (label {data.test_labels[i]})")
     records = predict_records(model, inputs, names)
     if args.json:
         print(json.dumps(records))
     else:
         for r in records:
-            print(f"{r['source']}: {r['label']}  (confidence {r['confidence']:.4f})")
-            print("   " + "  ".join(f"{c}:{p:.3f}" for c, p in zip(model.classes, r["probabilities"], strict=True)))
+            print(describe(r))
+            if r["probabilities"] is not None:
+                print("   " + "  ".join(f"{c}:{p:.3f}" for c, p in zip(model.classes, r["probabilities"], strict=True)))
     return 1 if failed else 0
 
 
@@ -249,7 +254,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_import_keras(args: argparse.Namespace) -> int:
-    from digitlab.interop import import_keras
+    from digitlab.modelfile import import_keras
 
     path = import_keras(args.file, args.out)
     print(f"wrote {path}")
@@ -257,10 +262,10 @@ def cmd_import_keras(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from digitlab.interop import export_onnx
     from digitlab.modelfile import load
+    from digitlab.onnx import export_onnx
 
-    path = export_onnx(load(args.model), args.onnx)
+    path = export_onnx(load(args.model), args.onnx, int8=args.int8)
     print(f"wrote {path}")
     return 0
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import os
 import urllib.error
 import urllib.request
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digitlab._io import atomic_write_bytes
+from digitlab._io import LimitExceeded, atomic_write_bytes, gunzip_capped, read_bounded
 from digitlab.errors import DataError
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -73,6 +74,13 @@ EXPECTED_COUNT = {"train": 60000, "t10k": 10000}
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
 
 
+def expected_size(stem: str) -> int:
+    """Decompressed bytes of one of the four files: 16-byte header + N x 28 x 28 pixels, or 8 + N labels
+    (47,040,016 / 60,008 / 7,840,016 / 10,008). No reader inflates or reads more than this."""
+    count = EXPECTED_COUNT[stem.split("-")[0]]
+    return 16 + count * 28 * 28 if "images" in stem else 8 + count
+
+
 @dataclass
 class DigitData:
     """A whole dataset in memory: uint8 images (N, 28, 28), ink bright; uint8 labels (N,)."""
@@ -111,18 +119,23 @@ def _has_files(directory: Path) -> bool:
     return all(_find_file(directory, stem) for stem in FILES)
 
 
-def read_idx_bytes(path: Path) -> bytes:
-    """The decompressed content of an IDX file, gzip or raw (told apart by gzip's magic bytes)."""
+def read_idx_bytes(path: Path, max_bytes: int) -> bytes:
+    """The decompressed content of an IDX file, gzip or raw (told apart by gzip's magic bytes), read or
+    inflated chunk by chunk and refused as soon as it passes max_bytes (a gzip bomb costs max_bytes).
+
+    Raises DataError naming the file: unreadable, corrupt or truncated gzip, or larger than max_bytes."""
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            if f.read(2) == b"\x1f\x8b":
+                f.seek(0)
+                return gunzip_capped(f, max_bytes)
+            return read_bounded(path, max_bytes)
+    except LimitExceeded as e:
+        raise DataError(f"{path}: {e}; expected {max_bytes:,} bytes for this file (corrupt, or not MNIST)") from None
+    except (EOFError, zlib.error) as e:
+        raise DataError(f"{path}: corrupt or truncated gzip data ({e})") from None
     except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except (EOFError, OSError, zlib.error) as e:
-            raise DataError(f"{path}: corrupt or truncated gzip data ({e})") from None
-    return raw
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 def parse_idx(content: bytes, path: Path | str, kind: str, count: int) -> np.ndarray:
@@ -156,7 +169,7 @@ def parse_idx(content: bytes, path: Path | str, kind: str, count: int) -> np.nda
 
 def read_idx_file(path: Path, stem: str, info: DatasetInfo) -> np.ndarray:
     """Read, checksum and parse one of the four files."""
-    return _verified(read_idx_bytes(path), str(path), stem, info)
+    return _verified(read_idx_bytes(path, expected_size(stem)), str(path), stem, info)
 
 
 def _verified(content: bytes, where: str, stem: str, info: DatasetInfo) -> np.ndarray:
@@ -177,23 +190,43 @@ KERAS_NPZ_KEYS = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels
 
 def read_keras_npz(path: Path, info: DatasetInfo) -> dict[str, np.ndarray]:
     """The four arrays of Keras's .npz, checked against the same SHA-256 as the IDX files: each array
-    is written back into its IDX file's exact bytes (header + pixels) before hashing. Never unpickled."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {key: z[key] for key in KERAS_NPZ_KEYS}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path}: not a readable Keras dataset .npz (expected arrays "
-                        f"{', '.join(KERAS_NPZ_KEYS)}): {e}") from None
+    is written back into its IDX file's exact bytes (header + pixels) before hashing. Never unpickled;
+    each array's declared dtype and shape are checked before anything is allocated for it.
+
+    Raises DataError naming the file (and the array)."""
     out = {}
-    for key, stem in KERAS_NPZ_KEYS.items():
-        a = arrays[key]
-        if a.dtype != np.uint8 or a.ndim not in (1, 3):
-            raise DataError(f"{path}: {key} is {a.dtype} of shape {a.shape}; expected uint8 "
-                            f"{'images (N, 28, 28)' if 'images' in stem else 'labels (N,)'} as Keras stores them")
-        magic = IMAGE_MAGIC if a.ndim == 3 else LABEL_MAGIC
-        header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in a.shape)
-        out[stem] = _verified(header + a.tobytes(), f"{path} ({key})", stem, info)
+    try:
+        with zipfile.ZipFile(path) as z:
+            for key, stem in KERAS_NPZ_KEYS.items():
+                a = _npz_array(path, z, key, stem)
+                magic = IMAGE_MAGIC if a.ndim == 3 else LABEL_MAGIC
+                header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in a.shape)
+                out[stem] = _verified(header + a.tobytes(), f"{path} ({key})", stem, info)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise DataError(f"{path}: not a readable Keras dataset .npz (expected arrays "
+                        f"{', '.join(KERAS_NPZ_KEYS)}): {str(e)[:200]}") from None
     return out
+
+
+def _npz_array(path: Path, z: zipfile.ZipFile, key: str, stem: str) -> np.ndarray:
+    """One .npy member: its header (dtype, shape) checked against the IDX file's, then exactly that
+    many bytes read. A member declaring a huge shape is refused before allocating."""
+    count = EXPECTED_COUNT[stem.split("-")[0]]
+    shape = (count, 28, 28) if "images" in stem else (count,)
+    with z.open(f"{key}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        declared, fortran, dtype = reader(f)
+        if dtype.hasobject:
+            raise ValueError(f"{key} holds Python objects, which would need allow_pickle (never done)")
+        if dtype != np.uint8 or tuple(declared) != shape:
+            raise DataError(f"{path}: {key} is {dtype} of shape {tuple(declared)}; expected uint8 "
+                            f"{'images' if 'images' in stem else 'labels'} {shape} as Keras stores them")
+        n = int(np.prod(shape))
+        data = read_bounded(f, n)
+    if len(data) != n:
+        raise DataError(f"{path}: {key} is truncated ({len(data):,} of {n:,} bytes)")
+    return np.frombuffer(data, np.uint8).reshape(shape, order="F" if fortran else "C").copy()
 
 
 def _keras_npz(folder: Path, dataset: str) -> Path | None:
@@ -209,23 +242,34 @@ def keras_datasets_dir() -> Path:
 
 
 def _download_one(stem: str, info: DatasetInfo, dest: Path, mirrors: tuple[str, ...], timeout: float) -> Path:
-    """Fetch stem.gz from the first mirror that serves a verified copy; write it atomically into dest."""
+    """Fetch stem.gz from the first mirror that serves a verified copy; write it atomically into dest.
+
+    Each response is read capped (a raw or gzip file is never larger than the raw content, plus a little
+    for gzip's framing) and inflated capped at the known size, so a mirror serving a gzip bomb costs
+    no more memory than the real file."""
     errors = []
+    size = expected_size(stem)
     for mirror in mirrors:
         url = mirror.rstrip("/") + f"/{stem}.gz"
         try:
             with urllib.request.urlopen(url, timeout=timeout) as response:
-                payload = response.read()
+                payload = read_bounded(response, size + size // 100 + 4096)
         except urllib.error.HTTPError as e:
             errors.append(f"{url}: HTTP {e.code} {e.reason}")
             continue
+        except LimitExceeded as e:
+            errors.append(f"{url}: response of {e}")
+            continue
         except (urllib.error.URLError, OSError, ValueError) as e:
-            errors.append(f"{url}: {getattr(e, 'reason', e)}")
+            errors.append(f"{url}: {str(getattr(e, 'reason', e))[:100]}")
             continue
         try:
-            content = gzip.decompress(payload) if payload[:2] == b"\x1f\x8b" else payload
-        except (EOFError, OSError, zlib.error) as e:
-            errors.append(f"{url}: corrupt or truncated download ({e})")
+            content = gunzip_capped(io.BytesIO(payload), size) if payload[:2] == b"\x1f\x8b" else payload
+        except LimitExceeded:
+            errors.append(f"{url}: inflates past {size:,} bytes, the size of {stem}")
+            continue
+        except (EOFError, zlib.error) as e:
+            errors.append(f"{url}: corrupt or truncated download ({str(e)[:80]})")
             continue
         digest = hashlib.sha256(content).hexdigest()
         if digest != info.sha256[stem]:
@@ -234,29 +278,29 @@ def _download_one(stem: str, info: DatasetInfo, dest: Path, mirrors: tuple[str, 
         target = dest / f"{stem}.gz"
         atomic_write_bytes(target, gzip.compress(content, 6) if payload[:2] != b"\x1f\x8b" else payload)
         return target
-    raise DataError(f"could not download {stem}.gz:\n  " + "\n  ".join(errors))
+    raise DataError(f"could not download {stem}.gz: " + "; ".join(errors))
 
 
 def download(dataset: str = "mnist", dest: Path | None = None, mirrors: tuple[str, ...] | None = None,
              timeout: float = 30.0) -> Path:
-    """Download whichever of the four files dest lacks; returns dest (default: the user cache)."""
+    """Download whichever of the four files dest lacks; returns dest (default: the user cache).
+
+    Stops at the first file no mirror serves (files already fetched are kept) and raises DataError:
+    a line saying why, then what to do."""
     info = dataset_info(dataset)
     dest = Path(dest) if dest is not None else cache_dir(dataset)
     mirrors = mirrors or _env_mirrors() or info.mirrors
-    missing = [stem for stem in FILES if _find_file(dest, stem) is None]
-    failures = []
-    for stem in missing:
+    for stem in FILES:
+        if _find_file(dest, stem) is not None:
+            continue
         try:
             _download_one(stem, info, dest, mirrors, timeout)
         except DataError as e:
-            failures.append(str(e))
-    if failures:
-        files = ", ".join(f"{s}.gz" for s in FILES)
-        raise DataError(
-            "\n".join(failures)
-            + f"\n\n{info.name} is not available offline. Put the four files ({files}) in {dest}, "
-            "or point --data-dir / $DIGITLAB_DATA_DIR at a folder that holds them."
-        )
+            files = ", ".join(f"{s}.gz" for s in FILES)
+            raise DataError(
+                f"{e}\n{info.name} is not available offline. Put the four files ({files}) in {dest}, "
+                "or point --data-dir / $DIGITLAB_DATA_DIR at a folder that holds them."
+            ) from None
     return dest
 
 
@@ -265,25 +309,54 @@ def _env_mirrors() -> tuple[str, ...]:
     return tuple(m for m in value.split(",") if m.strip())
 
 
+def _holds_other_dataset(folder: Path, dataset: str) -> bool:
+    """folder's test labels (10 KB, cheap to hash) are another known dataset's, e.g. MNIST's files where
+    Fashion-MNIST is asked for. A corrupt file matches none, and is reported when it is read."""
+    path = _find_file(folder, "t10k-labels-idx1-ubyte")
+    if path is None:
+        return False
+    try:
+        digest = hashlib.sha256(read_idx_bytes(path, expected_size("t10k-labels-idx1-ubyte"))).hexdigest()
+    except DataError:
+        return False
+    return any(other.sha256["t10k-labels-idx1-ubyte"] == digest for name, other in DATASETS.items() if name != dataset)
+
+
+def _explicit(folder: Path, dataset: str, origin: str) -> Path | None:
+    """Where --data-dir or $DIGITLAB_DATA_DIR has the dataset: the folder, folder/<dataset>, or Keras's
+    .npz. For the environment variable only, a folder of another dataset's files is passed over (None):
+    the variable is set once for MNIST, and --dataset fashion-mnist should still find Fashion-MNIST."""
+    info = dataset_info(dataset)
+    if not folder.exists():
+        raise DataError(f"{origin} is {folder}, which does not exist")
+    for candidate in (folder, folder / dataset):
+        if _has_files(candidate):
+            if origin == "$DIGITLAB_DATA_DIR" and _holds_other_dataset(candidate, dataset):
+                continue
+            return candidate
+    if npz := _keras_npz(folder, dataset):
+        return npz
+    if origin == "$DIGITLAB_DATA_DIR" and _holds_other_dataset(folder, dataset):
+        return None
+    missing = [s for s in FILES if _find_file(folder, s) is None]
+    raise DataError(
+        f"{origin} is {folder}, but it lacks {missing[0]}.gz{' and others' if len(missing) > 1 else ''} "
+        f"(expected the four {info.name} IDX files, gzip or raw, in that folder or in {folder / dataset}; "
+        f"the dotted names such as train-images.idx3-ubyte are accepted too, as is Keras's {dataset}.npz)"
+    )
+
+
 def locate(dataset: str = "mnist", data_dir: str | Path | None = None, download_missing: bool = True) -> Path:
     """The folder holding the dataset's four files (or Keras's <dataset>.npz), downloading into the
-    cache when none has them."""
+    cache when none has them (see the module docstring for the order). Raises DataError: an unknown
+    dataset, a --data-dir that does not exist or lacks the files, or no copy anywhere and no download."""
     info = dataset_info(dataset)
-    explicit = data_dir if data_dir is not None else os.environ.get("DIGITLAB_DATA_DIR")
-    if explicit:
-        folder = Path(explicit).expanduser()
-        for candidate in (folder, folder / dataset):
-            if _has_files(candidate):
-                return candidate
-        if npz := _keras_npz(folder, dataset):
-            return npz
-        origin = "--data-dir" if data_dir is not None else "$DIGITLAB_DATA_DIR"
-        missing = [s for s in FILES if _find_file(folder, s) is None]
-        raise DataError(
-            f"{origin} is {folder}, but it lacks {', '.join(m + '.gz' for m in missing)} "
-            f"(expected the four {info.name} IDX files, gzip or raw, in that folder or in {folder / dataset}; "
-            f"the dotted names such as train-images.idx3-ubyte are accepted too, as is Keras's {dataset}.npz)"
-        )
+    if data_dir is not None:
+        return _explicit(Path(data_dir).expanduser(), dataset, "--data-dir")  # type: ignore[return-value]
+    if env := os.environ.get("DIGITLAB_DATA_DIR"):
+        found = _explicit(Path(env).expanduser(), dataset, "$DIGITLAB_DATA_DIR")
+        if found is not None:
+            return found
     cache = cache_dir(dataset)
     if _has_files(cache):
         return cache
@@ -301,7 +374,10 @@ def locate(dataset: str = "mnist", data_dir: str | Path | None = None, download_
 
 
 def load_mnist(data_dir: str | Path | None = None, dataset: str = "mnist", download: bool = True) -> DigitData:
-    """Load and verify a whole MNIST-format dataset (see the module docstring for where it is found)."""
+    """Load and verify a whole MNIST-format dataset (see the module docstring for where it is found).
+
+    Raises DataError naming the file or folder: not found (and not downloadable), unreadable, corrupt,
+    larger than the file it should be, or failing its SHA-256 (another dataset's file?)."""
     info = dataset_info(dataset)
     folder = locate(dataset, data_dir, download_missing=download)
     if folder.suffix == ".npz":

@@ -8,6 +8,7 @@ state dict are the Keras layer names (``conv2d.weight``, ``dense_1.bias``...).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,14 +32,71 @@ class ArchConfig:
     classes: int = 10
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ArchConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
+    def from_dict(cls, d: Any) -> ArchConfig:
+        """An ArchConfig from a JSON object (missing settings take the defaults above).
+
+        Every setting is type- and range-checked (ints are not bools, pool_after indexes convs, the
+        parameter count stays under MAX_PARAMS), so a file cannot declare a network too big to hold.
+        Raises ModelFileError naming the setting."""
+        if not isinstance(d, dict):
+            raise ModelFileError(f"expected an object of settings, got {type(d).__name__}")
+        unknown = sorted(str(k)[:40] for k in set(d) - set(cls.__dataclass_fields__))
         if unknown:
-            raise ModelFileError(f"unknown architecture settings {sorted(unknown)}")
-        return cls(**d)
+            raise ModelFileError(f"unknown architecture settings {unknown[:5]}")
+        for key, value in d.items():
+            _check_setting(key, value)
+        cfg = cls(**d)
+        bad_pool = [i for i in cfg.pool_after if i >= len(cfg.convs)]
+        if bad_pool:
+            raise ModelFileError(f"pool_after: {bad_pool[0]} is not the index of one of the {len(cfg.convs)} convs")
+        if count_params(cfg) > MAX_PARAMS:
+            raise ModelFileError(f"{count_params(cfg):,} parameters, over the {MAX_PARAMS:,} this format allows")
+        return cfg
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as a JSON-ready dict (what model files store under arch_config)."""
         return asdict(self)
+
+
+MAX_PARAMS = 16_000_000  # 64 MB of float32; the largest named architecture has 0.5M
+# Each setting: (type, lowest, highest); lists give their items' type and range, and their length range.
+_SETTINGS: dict[str, tuple[type, float, float]] = {
+    "stem_kernel": (int, 1, 28), "stem_stride": (int, 1, 28), "dense": (int, 1, 65536),
+    "batchnorm": (bool, 0, 1), "dropout": (float, 0.0, 0.99), "classes": (int, 1, 1000),
+}
+_LIST_SETTINGS: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
+    "convs": ((1, 16), (1, 4096)),  # 1 to 16 convs of 1 to 4096 channels
+    "pool_after": ((0, 16), (0, 15)),
+}
+
+
+def _number_ok(value: Any, kind: type, low: float, high: float) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        return False
+    return low <= value <= high
+
+
+def _check_setting(key: str, value: Any) -> None:
+    """One architecture setting against its type and range; ModelFileError naming it otherwise."""
+    if key in _LIST_SETTINGS:
+        (n_low, n_high), (low, high) = _LIST_SETTINGS[key]
+        if not isinstance(value, list) or not n_low <= len(value) <= n_high \
+                or not all(_number_ok(v, int, low, high) for v in value):
+            raise ModelFileError(f"arch_config.{key}: expected a list of {n_low}-{n_high} integers in "
+                                 f"{low}..{high}, got {_brief(value)}")
+        return
+    kind, low, high = _SETTINGS[key]
+    if not _number_ok(value, kind, low, high):
+        what = "true or false" if kind is bool else f"{'a number' if kind is float else 'an integer'} in {low}..{high}"
+        raise ModelFileError(f"arch_config.{key}: expected {what}, got {_brief(value)}")
+
+
+def _brief(value: Any, limit: int = 60) -> str:
+    """repr(value) cut to limit characters: error messages stay one short line whatever a file holds."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 ARCHITECTURES: dict[str, ArchConfig] = {
@@ -61,6 +119,12 @@ Layer = tuple[str, str, dict[str, int | float]]
 
 
 def layer_specs(cfg: ArchConfig) -> list[Layer]:
+    """The network as a list of (name, kind, settings), in order, for a 28x28x1 input.
+
+    Names are Keras's automatic ones (conv2d, conv2d_1...); kinds are keys of LAYER_KINDS. Settings:
+    Conv2D in/out channels, kernel, stride and output side; BatchNormalization features; MaxPooling2D
+    size and output side; Dropout rate; Dense in/out features. Raises ModelFileError for an architecture
+    that shrinks the image to nothing or has a stem kernel or stride below 1."""
     counters: dict[str, int] = {}
 
     def name(base: str) -> str:
@@ -101,19 +165,13 @@ def layer_specs(cfg: ArchConfig) -> list[Layer]:
 
 
 def param_shapes(cfg: ArchConfig) -> dict[str, tuple[tuple[int, ...], bool]]:
-    """Every tensor of the state dict: name -> (shape, trainable)."""
+    """Every tensor of the state dict: name -> (shape, trainable), in layer order.
+
+    Shapes are PyTorch's (conv weights (out, in, k, k), dense weights (out, in)); all tensors are float32."""
     shapes: dict[str, tuple[tuple[int, ...], bool]] = {}
-    for name, kind, s in layer_specs(cfg):
-        if kind == "Conv2D":
-            shapes[f"{name}.weight"] = ((s["out"], s["in"], s["kernel"], s["kernel"]), True)
-            shapes[f"{name}.bias"] = ((s["out"],), True)
-        elif kind == "Dense":
-            shapes[f"{name}.weight"] = ((s["out"], s["in"]), True)
-            shapes[f"{name}.bias"] = ((s["out"],), True)
-        elif kind == "BatchNormalization":
-            f = s["features"]
-            shapes.update({f"{name}.weight": ((f,), True), f"{name}.bias": ((f,), True),
-                           f"{name}.running_mean": ((f,), False), f"{name}.running_var": ((f,), False)})
+    for name, _, spec, s in resolved_layers(cfg):
+        for suffix, (shape, trainable) in spec.params(s).items():
+            shapes[f"{name}.{suffix}"] = (shape, trainable)
     return shapes
 
 
@@ -126,22 +184,8 @@ def build_torch(cfg: ArchConfig):  # -> torch.nn.Sequential
     from torch import nn
 
     modules: OrderedDict[str, nn.Module] = OrderedDict()
-    for name, kind, s in layer_specs(cfg):
-        if kind == "Conv2D":
-            modules[name] = nn.Conv2d(s["in"], s["out"], s["kernel"], stride=s["stride"])
-        elif kind == "BatchNormalization":
-            # Keras's momentum 0.99 is PyTorch's 0.01; its epsilon is 1e-3.
-            modules[name] = nn.BatchNorm2d(s["features"], eps=1e-3, momentum=0.01, track_running_stats=True)
-        elif kind == "ReLU":
-            modules[name] = nn.ReLU(inplace=True)
-        elif kind == "MaxPooling2D":
-            modules[name] = nn.MaxPool2d(s["size"])
-        elif kind == "Flatten":
-            modules[name] = nn.Flatten()
-        elif kind == "Dropout":
-            modules[name] = nn.Dropout(s["rate"])
-        elif kind == "Dense":
-            modules[name] = nn.Linear(s["in"], s["out"])
+    for name, _, spec, s in resolved_layers(cfg):
+        modules[name] = spec.torch(nn, s)
     net = nn.Sequential(modules)
     with torch.no_grad():
         for m in net.modules():
@@ -163,17 +207,10 @@ def summary(cfg: ArchConfig) -> str:
     shapes = param_shapes(cfg)
     trainable = sum(int(np.prod(s)) for s, t in shapes.values() if t)
     frozen = sum(int(np.prod(s)) for s, t in shapes.values() if not t)
-    for name, kind, s in layer_specs(cfg):
-        if kind == "ReLU":
+    for name, kind, spec, s in resolved_layers(cfg):
+        shape = spec.out_shape(shape, s)
+        if not spec.shown:
             continue  # Keras folds activations into the layer before
-        if kind == "Conv2D":
-            shape = (s["side"], s["side"], s["out"])
-        elif kind == "MaxPooling2D":
-            shape = (s["side"], s["side"], shape[2])
-        elif kind == "Flatten":
-            shape = (int(np.prod(shape)),)
-        elif kind == "Dense":
-            shape = (s["out"],)
         params = sum(int(np.prod(sh)) for key, (sh, _) in shapes.items() if key.startswith(name + "."))
         rows.append((f"{name} ({kind})", "(None, " + ", ".join(map(str, shape)) + ")", f"{params:,}"))
     # Keras's column widths, the first widened for long names (batch_normalization_1 (BatchNormalization)).
@@ -189,42 +226,164 @@ def summary(cfg: ArchConfig) -> str:
 
 
 def count_params(cfg: ArchConfig) -> int:
+    """Number of values in the state dict (weights, biases and batch-norm statistics)."""
     return sum(int(np.prod(s)) for s, _ in param_shapes(cfg).values())
 
 
 def numpy_forward(cfg: ArchConfig, weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    """Logits for x of shape (N, 28, 28) float32 in [0, 1], computed in NumPy, channels-last.
+    """Logits (N, classes) for x of shape (N, 28, 28) float32 in [0, 1], computed in NumPy, channels-last.
 
     The same arithmetic as the PyTorch module in eval mode (within float32 rounding), without
     importing torch: the CLI's predict and the server start in a fraction of a second.
     """
     h = x.reshape(x.shape[0], 28, 28, 1).astype(np.float32, copy=False)
-    for name, kind, s in layer_specs(cfg):
-        if kind == "Conv2D":
-            k = s["kernel"]
-            w = weights[f"{name}.weight"]  # (out, in, k, k)
-            win = np.lib.stride_tricks.sliding_window_view(h, (k, k), axis=(1, 2))  # N,H',W',C,k,k
-            win = win[:, :: s["stride"], :: s["stride"]]
-            n, hh, ww = win.shape[:3]
-            cols = win.reshape(n * hh * ww, -1)
-            h = (cols @ w.reshape(w.shape[0], -1).T + weights[f"{name}.bias"]).reshape(n, hh, ww, -1)
-        elif kind == "BatchNormalization":
-            scale = weights[f"{name}.weight"] / np.sqrt(weights[f"{name}.running_var"] + 1e-3)
-            h = (h - weights[f"{name}.running_mean"]) * scale + weights[f"{name}.bias"]
-        elif kind == "ReLU":
-            np.maximum(h, 0, out=h)
-        elif kind == "MaxPooling2D":
-            n, hh, ww, c = h.shape
-            p = s["size"]
-            h = h[:, : hh // p * p, : ww // p * p].reshape(n, hh // p, p, ww // p, p, c).max(axis=(2, 4))
-        elif kind == "Flatten":
-            h = np.ascontiguousarray(h.transpose(0, 3, 1, 2)).reshape(h.shape[0], -1)  # torch's NCHW order
-        elif kind == "Dense":
-            h = h @ weights[f"{name}.weight"].T + weights[f"{name}.bias"]
+    for name, _, spec, s in resolved_layers(cfg):
+        h = spec.numpy(h, weights, name, s)
     return h
 
 
+# --- The layer kinds: one entry per kind, every consumer above (and the ONNX graph) goes through it ---
+
+Params = dict[str, tuple[tuple[int, ...], bool]]  # tensor suffix ("weight") -> (shape, trainable)
+
+
+@dataclass(frozen=True)
+class LayerKind:
+    """What each consumer needs to know about one kind of layer. Every field is required, so a new
+    kind cannot be added without saying how each consumer handles it.
+
+    params(s): its tensors. torch(nn, s): its PyTorch module. numpy(h, weights, name, s): its
+    inference on channels-last h (N, H, W, C), or (N, F) after Flatten. out_shape(shape, s): the
+    channels-last output shape for the summary. shown: a row of its own in the summary (ReLU is folded
+    into the layer before, as Keras does). onnx(s): (op_type, tensor suffixes after the input,
+    attributes), or None for an identity at inference (Dropout). flops(s): multiply-adds x 2 per image.
+    """
+
+    params: Callable[[dict], Params]
+    torch: Callable[[Any, dict], Any]
+    numpy: Callable[[np.ndarray, dict[str, np.ndarray], str, dict], np.ndarray]
+    out_shape: Callable[[tuple[int, ...], dict], tuple[int, ...]]
+    shown: bool
+    onnx: Callable[[dict], tuple[str, list[str], dict[str, Any]] | None]
+    flops: Callable[[dict], float]
+
+
+def _np_conv(h: np.ndarray, weights: dict[str, np.ndarray], name: str, s: dict) -> np.ndarray:
+    k = s["kernel"]
+    w = weights[f"{name}.weight"]  # (out, in, k, k)
+    win = np.lib.stride_tricks.sliding_window_view(h, (k, k), axis=(1, 2))  # N,H',W',C,k,k
+    win = win[:, :: s["stride"], :: s["stride"]]
+    n, hh, ww = win.shape[:3]
+    cols = win.reshape(n * hh * ww, -1)
+    return (cols @ w.reshape(w.shape[0], -1).T + weights[f"{name}.bias"]).reshape(n, hh, ww, -1)
+
+
+def _np_batchnorm(h: np.ndarray, weights: dict[str, np.ndarray], name: str, s: dict) -> np.ndarray:
+    scale = weights[f"{name}.weight"] / np.sqrt(weights[f"{name}.running_var"] + 1e-3)
+    return (h - weights[f"{name}.running_mean"]) * scale + weights[f"{name}.bias"]
+
+
+def _np_relu(h: np.ndarray, weights: dict[str, np.ndarray], name: str, s: dict) -> np.ndarray:
+    np.maximum(h, 0, out=h)
+    return h
+
+
+def _np_maxpool(h: np.ndarray, weights: dict[str, np.ndarray], name: str, s: dict) -> np.ndarray:
+    n, hh, ww, c = h.shape
+    p = s["size"]
+    return h[:, : hh // p * p, : ww // p * p].reshape(n, hh // p, p, ww // p, p, c).max(axis=(2, 4))
+
+
+def _np_flatten(h: np.ndarray, weights: dict[str, np.ndarray], name: str, s: dict) -> np.ndarray:
+    return np.ascontiguousarray(h.transpose(0, 3, 1, 2)).reshape(h.shape[0], -1)  # torch's NCHW order
+
+
+def _np_dense(h: np.ndarray, weights: dict[str, np.ndarray], name: str, s: dict) -> np.ndarray:
+    return h @ weights[f"{name}.weight"].T + weights[f"{name}.bias"]
+
+
+def _same_shape(shape: tuple[int, ...], s: dict) -> tuple[int, ...]:
+    return shape
+
+
+def _no_params(s: dict) -> Params:
+    return {}
+
+
+def _no_flops(s: dict) -> float:
+    return 0.0
+
+
+LAYER_KINDS: dict[str, LayerKind] = {
+    "Conv2D": LayerKind(
+        params=lambda s: {"weight": ((s["out"], s["in"], s["kernel"], s["kernel"]), True), "bias": ((s["out"],), True)},
+        torch=lambda nn, s: nn.Conv2d(s["in"], s["out"], s["kernel"], stride=s["stride"]),
+        numpy=_np_conv,
+        out_shape=lambda shape, s: (s["side"], s["side"], s["out"]),
+        shown=True,
+        onnx=lambda s: ("Conv", ["weight", "bias"], {"kernel_shape": [s["kernel"]] * 2, "strides": [s["stride"]] * 2}),
+        flops=lambda s: 2.0 * s["side"] ** 2 * s["out"] * s["in"] * s["kernel"] ** 2,
+    ),
+    "BatchNormalization": LayerKind(
+        params=lambda s: {"weight": ((s["features"],), True), "bias": ((s["features"],), True),
+                          "running_mean": ((s["features"],), False), "running_var": ((s["features"],), False)},
+        # Keras's momentum 0.99 is PyTorch's 0.01; its epsilon is 1e-3.
+        torch=lambda nn, s: nn.BatchNorm2d(s["features"], eps=1e-3, momentum=0.01, track_running_stats=True),
+        numpy=_np_batchnorm,
+        out_shape=_same_shape,
+        shown=True,
+        onnx=lambda s: ("BatchNormalization", ["weight", "bias", "running_mean", "running_var"], {"epsilon": 1e-3}),
+        flops=_no_flops,
+    ),
+    "ReLU": LayerKind(
+        params=_no_params, torch=lambda nn, s: nn.ReLU(inplace=True), numpy=_np_relu, out_shape=_same_shape,
+        shown=False, onnx=lambda s: ("Relu", [], {}), flops=_no_flops,
+    ),
+    "MaxPooling2D": LayerKind(
+        params=_no_params, torch=lambda nn, s: nn.MaxPool2d(s["size"]), numpy=_np_maxpool,
+        out_shape=lambda shape, s: (s["side"], s["side"], shape[2]), shown=True,
+        onnx=lambda s: ("MaxPool", [], {"kernel_shape": [s["size"]] * 2, "strides": [s["size"]] * 2}),
+        flops=_no_flops,
+    ),
+    "Flatten": LayerKind(
+        params=_no_params, torch=lambda nn, s: nn.Flatten(), numpy=_np_flatten,
+        out_shape=lambda shape, s: (int(np.prod(shape)),), shown=True,
+        onnx=lambda s: ("Flatten", [], {"axis": 1}),  # NCHW order, as PyTorch flattens
+        flops=_no_flops,
+    ),
+    "Dropout": LayerKind(
+        params=_no_params, torch=lambda nn, s: nn.Dropout(s["rate"]),
+        numpy=lambda h, weights, name, s: h,  # inference: identity
+        out_shape=_same_shape, shown=True, onnx=lambda s: None, flops=_no_flops,
+    ),
+    "Dense": LayerKind(
+        params=lambda s: {"weight": ((s["out"], s["in"]), True), "bias": ((s["out"],), True)},
+        torch=lambda nn, s: nn.Linear(s["in"], s["out"]),
+        numpy=_np_dense,
+        out_shape=lambda shape, s: (s["out"],),
+        shown=True,
+        onnx=lambda s: ("Gemm", ["weight", "bias"], {"transB": 1}),
+        flops=lambda s: 2.0 * s["in"] * s["out"],
+    ),
+}
+
+
+def resolved_layers(cfg: ArchConfig) -> list[tuple[str, str, LayerKind, dict]]:
+    """layer_specs with each layer's table entry: (name, kind, LayerKind, settings). Every kind is looked
+    up before any consumer starts work, so an unknown one fails before anything is computed or built."""
+    return [(name, kind, layer_kind(kind), s) for name, kind, s in layer_specs(cfg)]
+
+
+def layer_kind(kind: str) -> LayerKind:
+    """The table entry for a layer kind; raises ValueError for a kind the table lacks (never skipped)."""
+    try:
+        return LAYER_KINDS[kind]
+    except KeyError:
+        raise ValueError(f"unknown layer kind {kind!r}; known: {', '.join(LAYER_KINDS)}") from None
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, C) logits: probabilities in [0, 1] summing to 1 per row (max subtracted first)."""
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)

@@ -115,7 +115,8 @@ def test_evaluate_own_labelled_folder(tmp_path, trained_model_path, trained_mode
     """DIR/<digit>/*.png: people's own labelled digits, read the way predict reads them; the figures are
     those of the same pictures given as arrays."""
     from digitlab.evaluate import evaluate
-    from digitlab.images import load_image, to_mnist
+    from digitlab.images import decode
+    from digitlab.prepare import prepare
 
     own = tmp_path / "own"
     for i in range(300):
@@ -125,7 +126,7 @@ def test_evaluate_own_labelled_folder(tmp_path, trained_model_path, trained_mode
         picture = Image.fromarray(255 - mnist.test_images[i]).resize((140, 140), Image.BICUBIC)
         picture.save(own / str(label) / f"{i}.png")
     files = sorted(own.glob("*/*.png"))
-    arrays = np.stack([to_mnist(load_image(f)) for f in files])
+    arrays = np.stack([prepare(decode(f)).image for f in files])
     expected, _ = evaluate(trained_model, arrays, np.asarray([int(f.parent.name) for f in files]))
     result = json.loads(run_cli("evaluate", trained_model_path, "--images", own, "--json", "--plots",
                                 tmp_path / "plots", check=True).stdout)

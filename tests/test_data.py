@@ -135,9 +135,12 @@ class _Server:
 
     def __init__(self, files: dict[str, bytes]):
         files_ = files
+        self.requested: list[str] = []
+        requested = self.requested
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802
+                requested.append(self.path.rsplit("/", 1)[-1])
                 body = files_.get(self.path.rsplit("/", 1)[-1])
                 if body is None:
                     self.send_error(404)
@@ -299,3 +302,111 @@ def test_no_hardcoded_shared_path():
     src = Path(data.__file__).parent
     assert not [p for p in src.rglob("*.py") if "shared/mnist" in p.read_text()]
     assert os.environ.get("DIGITLAB_DATA_DIR")  # the tests themselves found the data this way
+
+
+# --- bounded memory and the newcomer's path (issues 12 and 13) ------------------------------------------
+
+def _gzip_of_zeros(n: int) -> bytes:
+    return gzip.compress(b"\0" * n, 9)  # ~1,000:1
+
+
+def test_expected_sizes():
+    assert [data.expected_size(s) for s in STEMS] == [47_040_016, 60_008, 7_840_016, 10_008]
+
+
+def test_gzip_bomb_in_data_folder_refused_at_the_known_size(copy_dir):
+    """A 2 MB gzip inflated to 4.2 GB before the checksum failed; now inflation stops past 10,008 bytes."""
+    (copy_dir / "t10k-labels-idx1-ubyte.gz").write_bytes(_gzip_of_zeros(30_000_000))
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte\.gz: inflates to more than the 10,008-byte limit"):
+        data.load_mnist(copy_dir)
+
+
+def test_oversized_raw_file_refused_before_reading(copy_dir):
+    _replace(copy_dir, "t10k-labels-idx1-ubyte", b"\0" * 20_000, gz=False)
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte: 20,000 bytes, over the 10,008-byte limit"):
+        data.load_mnist(copy_dir)
+
+
+def test_download_bomb_refused(tmp_path, good_files):
+    bomb = _gzip_of_zeros(5_000_000)
+    assert len(bomb) < 10_008  # small enough to be downloaded: the inflation is what is capped
+    files = {**good_files, "t10k-labels-idx1-ubyte.gz": bomb}
+    server = _Server(files)
+    try:
+        with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz: inflates past 10,008 bytes"):
+            data.download("mnist", tmp_path / "cache", mirrors=(server.url,))
+    finally:
+        server.close()
+    assert not (tmp_path / "cache" / "t10k-labels-idx1-ubyte.gz").exists()
+
+
+def _npz_declaring(path: Path, key: str, shape: tuple[int, ...], dtype: str = "|u1") -> Path:
+    """An .npz whose member declares shape but holds 100 bytes."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": dtype, "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(f"{key}.npy", buffer.getvalue() + bytes(100))
+    return path
+
+
+def test_npz_declaring_a_huge_shape_refused_before_allocating(tmp_path):
+    path = _npz_declaring(tmp_path / "mnist.npz", "x_train", (10**6, 10**6, 28))
+    with pytest.raises(DataError, match=r"mnist.npz: x_train is uint8 of shape \(1000000, 1000000, 28\); "
+                                        r"expected uint8 images \(60000, 28, 28\)"):
+        data.load_mnist(path)
+    _npz_declaring(path, "x_train", (60000, 28, 28))
+    with pytest.raises(DataError, match=r"mnist.npz: x_train is truncated \(100 of 47,040,000 bytes\)"):
+        data.load_mnist(path)
+    _npz_declaring(path, "x_train", (3,), dtype="|O")
+    with pytest.raises(DataError, match=r"not a readable Keras dataset .npz.*allow_pickle"):
+        data.load_mnist(path)
+
+
+def test_data_dir_that_does_not_exist(tmp_path, monkeypatch):
+    with pytest.raises(DataError, match=r"--data-dir is /nonexistent/mnist, which does not exist$"):
+        data.load_mnist("/nonexistent/mnist")
+    monkeypatch.setenv("DIGITLAB_DATA_DIR", str(tmp_path / "gone"))
+    with pytest.raises(DataError, match=r"\$DIGITLAB_DATA_DIR is .*gone, which does not exist$"):
+        data.locate("mnist")
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_env_var_folder_of_another_dataset_is_passed_over(monkeypatch, mnist_dir, tmp_path):
+    """$DIGITLAB_DATA_DIR set for MNIST (as the README and scripts/test.sh do) no longer stops
+    --dataset fashion-mnist with a checksum error: Debian's copy is found next."""
+    monkeypatch.setenv("DIGITLAB_DATA_DIR", str(mnist_dir))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert data.locate("fashion-mnist", download_missing=False) == FASHION
+    assert data.locate("mnist", download_missing=False) == mnist_dir
+    with pytest.raises(DataError, match="different dataset"):  # asked for explicitly: still an error
+        data.load_mnist(mnist_dir, dataset="fashion-mnist")
+
+
+def test_env_var_folder_with_a_corrupt_file_is_still_reported(monkeypatch, copy_dir, tmp_path):
+    raw = bytearray(gzip.decompress((copy_dir / "t10k-labels-idx1-ubyte.gz").read_bytes()))
+    raw[100] = (raw[100] + 1) % 10
+    _replace(copy_dir, "t10k-labels-idx1-ubyte", bytes(raw))
+    monkeypatch.setenv("DIGITLAB_DATA_DIR", str(copy_dir))
+    with pytest.raises(DataError, match="SHA-256"):
+        data.load_mnist()
+
+
+def test_offline_stops_at_the_first_file_in_three_lines(tmp_path, monkeypatch):
+    """Offline, evaluate tried all four files and printed 16 lines."""
+    server = _Server({})
+    monkeypatch.delenv("DIGITLAB_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("DIGITLAB_MIRRORS", f"{server.url},{_closed_port_url()}")
+    try:
+        with pytest.raises(DataError) as err:
+            data.load_mnist()
+    finally:
+        server.close()
+    lines = str(err.value).splitlines()
+    assert len(lines) <= 3, lines
+    assert lines[0].startswith("could not download train-images-idx3-ubyte.gz: ") and "HTTP 404" in lines[0]
+    assert "not available offline. Put the four files" in lines[-1]
+    assert server.requested == ["train-images-idx3-ubyte.gz"]

@@ -5,7 +5,17 @@ import pytest
 import torch
 
 from digitlab.errors import ModelFileError
-from digitlab.model import ARCHITECTURES, ArchConfig, build_torch, count_params, numpy_forward, summary
+from digitlab.model import (
+    ARCHITECTURES,
+    LAYER_KINDS,
+    ArchConfig,
+    LayerKind,
+    build_torch,
+    count_params,
+    layer_specs,
+    numpy_forward,
+    summary,
+)
 
 
 def test_tutorial_parameter_count():
@@ -86,3 +96,64 @@ def test_strided_stem_shapes():
     assert "(None, 13, 13, 32)" in text and "(None, 3, 3, 128)" in text
     with pytest.raises(ModelFileError, match="stem_stride must be >= 1"):
         summary(ArchConfig(stem_stride=0))
+
+
+# --- the layer-kind table ----------------------------------------------------------------------------
+
+def test_every_kind_the_architectures_use_is_in_the_table():
+    used = {kind for cfg in ARCHITECTURES.values() for _, kind, _ in layer_specs(cfg)}
+    used |= {kind for _, kind, _ in layer_specs(ArchConfig(dropout=0.5, batchnorm=True))}
+    assert used == set(LAYER_KINDS)
+
+
+@pytest.mark.parametrize("consumer", ["param_shapes", "build_torch", "summary", "numpy_forward", "onnx_model"])
+def test_unknown_layer_kind_raises_in_every_consumer(consumer, monkeypatch):
+    """A layer kind the table lacks is an error wherever the layer list is read, never skipped."""
+    import digitlab.model as model_module
+    pytest.importorskip("onnx")
+    import digitlab.onnx as onnx_module
+
+    cfg = ArchConfig()
+    layers = layer_specs(cfg)
+    layers.insert(3, ("mystery", "Conv3D", {}))
+    monkeypatch.setattr(model_module, "layer_specs", lambda c: list(layers))
+    weights: dict[str, np.ndarray] = {}  # the unknown layer must be refused before any weight is needed
+    calls = {
+        "param_shapes": lambda: model_module.param_shapes(cfg),
+        "build_torch": lambda: model_module.build_torch(cfg),
+        "summary": lambda: model_module.summary(cfg),
+        "numpy_forward": lambda: model_module.numpy_forward(cfg, weights, np.zeros((1, 28, 28), np.float32)),
+        "onnx_model": lambda: onnx_module.onnx_model(cfg, weights),
+    }
+    with pytest.raises(ValueError, match="unknown layer kind 'Conv3D'"):
+        calls[consumer]()
+
+
+def test_layer_kind_entries_are_complete():
+    """Every field of LayerKind is required: an entry missing one cannot be built."""
+    with pytest.raises(TypeError):
+        LayerKind(params=lambda s: {}, torch=lambda nn, s: None)  # type: ignore[call-arg]
+
+
+# --- architecture settings from files ------------------------------------------------------------------
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"pool_after": None}, "pool_after"), ({"stem_kernel": "3"}, "stem_kernel"), ({"convs": [32, "64"]}, "convs"),
+    ({"convs": []}, "convs"), ({"convs": [10**9]}, "convs"), ({"batchnorm": 1}, "batchnorm"),
+    ({"dense": True}, "dense"), ({"dropout": 1.5}, "dropout"), ({"classes": 0}, "classes"),
+    ({"pool_after": [5]}, "pool_after"), ({"stem_stride": 2.0}, "stem_stride"),
+])
+def test_arch_settings_checked_by_name(change, field):
+    with pytest.raises(ModelFileError, match=field):
+        ArchConfig.from_dict({**ArchConfig().to_dict(), **change})
+
+
+def test_arch_too_big_or_not_an_object():
+    with pytest.raises(ModelFileError, match="parameters, over the"):
+        ArchConfig.from_dict({"convs": [4096] * 4, "pool_after": []})
+    with pytest.raises(ModelFileError, match="expected an object of settings, got list"):
+        ArchConfig.from_dict([1, 2])
+    with pytest.raises(ModelFileError, match="shrinks a 28x28 image to nothing"):
+        ArchConfig.from_dict({"convs": [8] * 16, "pool_after": []})
+    for name, cfg in ARCHITECTURES.items():
+        assert ArchConfig.from_dict(cfg.to_dict()) == cfg, name

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,13 +96,17 @@ def test_foreign_safetensors(tmp_path):
         digitlab.load(p)
 
 
-def _rewrite(path, change):
+def _rewrite(path, change, rehash: bool = True):
+    """Rewrite a model file as another writer might: change(arrays, meta) -> (arrays, meta). With rehash,
+    tensors_sha256 is recomputed (a file written like this, not one damaged after writing)."""
     from safetensors.numpy import load_file
 
     arrays = load_file(str(path))
     raw = path.read_bytes()
     meta = json.loads(json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])["__metadata__"]["digitlab"])
     arrays, meta = change(arrays, meta)
+    if rehash and isinstance(meta, dict) and "tensors_sha256" in meta:
+        meta["tensors_sha256"] = modelfile.tensors_sha256(arrays)
     save_file(arrays, str(path), metadata={"digitlab": json.dumps(meta)})
 
 
@@ -136,3 +144,178 @@ def test_save_is_atomic(tmp_path, model_path, monkeypatch):
         modelfile.save(model_path, {"x": np.zeros(1)}, {})
     assert model_path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
+# --- files that lie (issue 13, section 3) ----------------------------------------------------------------
+
+def _header(path):
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
+def _write_raw(path, header: dict, data: bytes) -> None:
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data)
+
+
+def _weights(path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a file we wrote must carry its checksum
+        return digitlab.load(path).weights
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int32, np.bool_, np.float16, np.float64])
+def test_only_float32_weights(model_path, dtype):
+    """int8/int32/bool weights used to load and answer nonsense: only the declared F32 is accepted."""
+    _rewrite(model_path, lambda a, m: ({**a, "conv2d.weight": a["conv2d.weight"].astype(dtype)}, m))
+    with pytest.raises(ModelFileError, match=r"m\.safetensors: tensor conv2d.weight is stored as '[A-Z0-9]+'; .*F32"):
+        digitlab.load(model_path)
+
+
+def test_flipped_exponent_bit_caught_by_checksum(model_path):
+    """One flipped exponent bit turned a weight into ~1e38 and answered '0, confidence 1.0'."""
+    raw = bytearray(model_path.read_bytes())
+    n = int.from_bytes(raw[:8], "little")
+    raw[8 + n + 4 * 100 + 3] ^= 0x40  # bit 30 of the 101st float: the top exponent bit
+    model_path.write_bytes(bytes(raw))
+    with pytest.raises(ModelFileError, match=r"m\.safetensors: the weights' SHA-256 differs.*tensors_sha256"):
+        digitlab.load(model_path)
+
+
+def test_random_single_bit_flips_refused_or_equal(model_path):
+    """40 of 40 random single-bit flips used to be accepted; now each is refused, or loads the same weights."""
+    original = _weights(model_path)
+    raw = model_path.read_bytes()
+    rng = np.random.default_rng(0)
+    outcomes = {"refused": 0, "equal": 0}
+    for bit in rng.choice(8 * len(raw), 40, replace=False):
+        flipped = bytearray(raw)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        model_path.write_bytes(bytes(flipped))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                got = digitlab.load(model_path).weights
+        except ModelFileError as e:
+            assert "\n" not in str(e) and len(str(e)) < 500
+            outcomes["refused"] += 1
+            continue
+        assert all(np.array_equal(got[k], original[k]) for k in original), f"bit {bit} changed the weights"
+        outcomes["equal"] += 1
+    assert outcomes["refused"] >= 30, outcomes  # most bits are weights, all guarded by the checksum
+
+
+def test_file_without_checksum_loads_with_warning(model_path):
+    _rewrite(model_path, lambda a, m: (a, {k: v for k, v in m.items() if k != "tensors_sha256"}))
+    with pytest.warns(UserWarning, match=r"m\.safetensors: no tensors_sha256"):
+        m = digitlab.load(model_path)
+    assert m.param_count == 93322
+
+
+def test_saved_checksum_is_of_the_tensor_data(model_path):
+    header, data = _header(model_path)
+    meta = json.loads(header["__metadata__"]["digitlab"])
+    assert meta["tensors_sha256"] == hashlib.sha256(data).hexdigest()  # safetensors stores tensors in name order
+
+
+def test_huge_header_refused_before_reading(tmp_path):
+    """A header declaring 67 MB (a million tensors) used to take 2 GB and print a 10.9 MB line."""
+    p = tmp_path / "big.safetensors"
+    with open(p, "wb") as f:
+        f.write((67_000_000).to_bytes(8, "little"))
+        f.truncate(67_000_008)  # sparse: nothing is written
+    with pytest.raises(ModelFileError) as e:
+        digitlab.load(p)
+    assert re.search(r"big\.safetensors: .*header declares 67,000,000 bytes, over the 1,048,576-byte limit",
+                     str(e.value))
+    assert len(str(e.value)) < 400
+
+
+def test_size_must_match_the_architecture(model_path):
+    """A sparse 3 GB file was read whole before any check; now its size is compared first."""
+    size = model_path.stat().st_size
+    with open(model_path, "r+b") as f:
+        f.truncate(3 * 1024**3)  # sparse: the disk holds only the original bytes
+    with pytest.raises(ModelFileError, match=r"m\.safetensors: .*has trailing bytes: 3,221,225,472 bytes, expected"):
+        digitlab.load(model_path)
+    with open(model_path, "r+b") as f:
+        f.truncate(size - 4)
+    with pytest.raises(ModelFileError, match=r"truncated or corrupt \(it truncated"):
+        digitlab.load(model_path)
+
+
+def test_declared_offsets_checked(model_path):
+    header, data = _header(model_path)
+    header["dense.bias"]["data_offsets"][1] += 4
+    _write_raw(model_path, header, data)
+    with pytest.raises(ModelFileError, match=r"tensor dense.bias declares bytes"):
+        digitlab.load(model_path)
+    header["dense.bias"]["data_offsets"] = "all of them"
+    _write_raw(model_path, header, data)
+    with pytest.raises(ModelFileError, match=r"tensor dense.bias: data_offsets must be two integers"):
+        digitlab.load(model_path)
+
+
+@pytest.mark.parametrize(("meta", "message"), [
+    ([1, 2], "metadata is a JSON array, expected an object"),
+    ("text", "metadata is a JSON string, expected an object"),
+    (None, "metadata is a JSON null, expected an object"),
+    ({"a": json.loads("[" * 20 + "]" * 20)}, "nested more than 16 levels"),
+])
+def test_metadata_not_an_object(model_path, meta, message):
+    header, data = _header(model_path)
+    header["__metadata__"]["digitlab"] = json.dumps(meta)
+    _write_raw(model_path, header, data)
+    with pytest.raises(ModelFileError, match=re.escape(message)):
+        digitlab.load(model_path)
+
+
+def test_metadata_nested_past_the_json_parser(model_path):
+    header, data = _header(model_path)
+    header["__metadata__"]["digitlab"] = "[" * 200_000 + "]" * 200_000  # RecursionError in json, not a crash
+    _write_raw(model_path, header, data)
+    with pytest.raises(ModelFileError, match="nested too deeply"):
+        digitlab.load(model_path)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"arch_config": {**ArchConfig().to_dict(), "pool_after": None}}, "arch_config.pool_after: expected a list"),
+    ({"arch_config": {**ArchConfig().to_dict(), "stem_kernel": "3"}}, "arch_config.stem_kernel: expected an integer"),
+    ({"arch_config": "tutorial"}, "metadata field arch_config: expected an object, got string"),
+    ({"classes": ["0", "1", "2"]}, "metadata field classes: expected 10 names"),
+    ({"classes": "0123456789"}, "metadata field classes: expected a list of strings"),
+    ({"dataset": ["mnist"]}, "metadata field dataset: expected a string"),
+    ({"format_version": "1"}, "metadata field format_version: expected an integer"),
+    ({"format_version": True}, "metadata field format_version: expected an integer"),
+    ({"format": None}, "metadata format is None"),
+    ({"test_metrics": {"accuracy": "high"}}, "metadata field test_metrics: expected numbers"),
+    ({"tensors_sha256": "abc"}, "metadata field tensors_sha256: expected 64"),
+    ({"classes": ["x" * 30_000] * 10}, "metadata field classes"),
+])
+def test_metadata_fields_validated(model_path, change, message):
+    """One line naming the file and the field (these were tracebacks, or errors only at predict time)."""
+    _rewrite(model_path, lambda a, m: (a, {**m, **change}), rehash=False)
+    with pytest.raises(ModelFileError) as e:
+        digitlab.load(model_path)
+    text = str(e.value)
+    assert "m.safetensors: " in text and message in text, text
+    assert "\n" not in text and len(text) < 400
+
+
+def test_no_import_cycle():
+    """modelfile imports keras and onnx (inside functions); they import only model, data, _io and errors."""
+    import ast
+
+    package = Path(digitlab.__file__).parent
+    for name in ("keras", "onnx", "model", "_io", "data"):
+        tree = ast.parse((package / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                node.body = [ast.Pass()]  # type-checking imports do not run
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("digitlab"):
+                imported.add(node.module)
+        assert imported <= {"digitlab", "digitlab.model", "digitlab.data", "digitlab._io", "digitlab.errors"}, name
+    assert not (package / "interop.py").exists()

@@ -10,8 +10,9 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
 from digitlab.config import RECIPES
-from digitlab.images import to_mnist
+from digitlab.images import decode
 from digitlab.model import ARCHITECTURES, count_params
+from digitlab.prepare import prepare
 from digitlab.serve.app import create_app
 from tests.test_images import bomb_png
 
@@ -44,7 +45,7 @@ def test_predict_upload_same_numbers_as_cli_path(client, trained_model):
     assert r.status_code == 200
     body = r.json()
     assert body["digit"] == 1 and len(body["probabilities"]) == 10 and np.array(body["input"]).shape == (28, 28)
-    expected = trained_model.predict(to_mnist(Image.open(io.BytesIO(data)))[None])[0]
+    expected = trained_model.predict(prepare(decode(data)).image[None])[0]
     assert np.abs(np.array(body["probabilities"]) - expected).max() < 1e-6
     assert body["confidence"] == pytest.approx(expected.max(), abs=1e-6)
 

@@ -20,9 +20,10 @@ from pydantic import BaseModel, Field, ValidationError
 
 from digitlab import __version__
 from digitlab.errors import ImageError
-from digitlab.images import load_image, to_mnist
+from digitlab.images import decode
 from digitlab.modelfile import DigitModel, load
 from digitlab.predict import predict_records
+from digitlab.prepare import Prepared, prepare
 from digitlab.serve import MAX_UPLOAD
 
 STATIC = Path(__file__).parent / "static"
@@ -42,10 +43,12 @@ class BatchIn(BaseModel):
 
 class Prediction(BaseModel):
     source: str
-    digit: int
-    label: str
-    confidence: float
-    probabilities: list[float]
+    status: str = Field(description='"digit" | "empty" | "several_digits" | "not_a_digit"')
+    digit: int | None = Field(description="null unless status is digit")
+    label: str | None
+    confidence: float | None
+    probabilities: list[float] | None = Field(description="over the classes; null when empty")
+    marks: int = Field(description="digit-sized marks found in the picture")
     input: list[list[int]] = Field(description="the 28x28 image the model saw, ink bright")
 
 
@@ -78,19 +81,19 @@ BATCH_DOC = {
 }
 
 
-def _pixels(p: PixelsIn, field: str = "pixels") -> np.ndarray:
+def _pixels(p: PixelsIn, field: str = "pixels") -> Prepared:
     a = np.asarray(p.pixels, dtype=np.float32)
     # Values scaled to 0..1 (as many canvas demos send them) would round to an all-but-blank image and
     # get a confident wrong answer; an image whose brightest pixel is 1 of 255 shows nothing anyway.
     if 0 < a.max() <= 1:
         raise BadInput(422, f"{field}: all values lie in 0..1, but pixels are 0..255 (ink bright); "
                        "multiply them by 255")
-    return a.round().astype(np.uint8)
+    return prepare(a / 255.0)
 
 
-def _decode(data: bytes, name: str) -> np.ndarray:
+def _decode(data: bytes, name: str) -> Prepared:
     try:
-        return to_mnist(load_image(data, name=name))
+        return prepare(decode(data, name=name))
     except ImageError as e:
         raise BadInput(IMAGE_STATUS.get(e.kind, 422), str(e)) from None
 
@@ -101,7 +104,7 @@ def _validation_detail(e: ValidationError) -> str:
     return f"{where}: {first['msg']} ({len(e.errors())} error(s) in all)"
 
 
-async def _read_inputs(request: Request, batch: bool) -> tuple[list[np.ndarray], list[str]]:
+async def _read_inputs(request: Request, batch: bool) -> tuple[list[Prepared], list[str]]:
     """The MNIST-style arrays and their names from a multipart upload or a JSON body."""
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
@@ -178,10 +181,10 @@ def create_app(model: DigitModel | str | Path, max_upload: int = MAX_UPLOAD) -> 
     async def bad_input(request: Request, exc: BadInput) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
 
-    def run_model(arrays: list[np.ndarray], names: list[str]) -> list[dict[str, Any]]:
-        records = predict_records(model, arrays, names)
-        for r, a in zip(records, arrays, strict=True):
-            r["input"] = a.tolist()
+    def run_model(prepared: list[Prepared], names: list[str]) -> list[dict[str, Any]]:
+        records = predict_records(model, prepared, names)
+        for r, p in zip(records, prepared, strict=True):
+            r["input"] = p.image.tolist()
         return records
 
     # The answers are built by our own code, so they go out as plain JSON: re-validating 784 pixel

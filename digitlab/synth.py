@@ -1,0 +1,131 @@
+"""Synthetic photos and scans of MNIST digits under the conditions people's pictures come in.
+
+Used by benchmarks/conditions.py and the tests of prepare(): each condition turns an MNIST digit (uint8
+28x28, ink bright) into a picture as a person would send it - dark ink on paper by default - with
+the paper, light, lines, bit depth or damage of that condition. Deterministic given the generator.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+from PIL import Image
+
+Picture = np.ndarray | Image.Image | bytes
+
+
+def _ink(digit: np.ndarray, side: int) -> np.ndarray:
+    """The digit's ink coverage (float 0..1) scaled to side x side, smoothly."""
+    return cv2.resize(digit.astype(np.float32) / 255.0, (side, side), interpolation=cv2.INTER_CUBIC).clip(0, 1)
+
+
+def on_paper(digit: np.ndarray, rng: np.random.Generator, size: int = 320, paper: float = 0.92,
+             ink_level: float = 0.12, noise: float = 0.015, side: tuple[int, int] = (160, 240),
+             background: np.ndarray | None = None) -> np.ndarray:
+    """Dark ink (ink_level, 0..1) on paper (paper, or a background map), digit side px, placed at random.
+    Returns float32 (size, size) grey in 0..1."""
+    s = int(rng.integers(*side))
+    page = np.full((size, size), paper, np.float32) if background is None else background.astype(np.float32)
+    cover = np.zeros_like(page)
+    y, x = (int(v) for v in rng.integers(0, size - s, 2))
+    cover[y:y + s, x:x + s] = _ink(digit, s)
+    out = page * (1 - cover) + ink_level * page / max(paper, 1e-3) * cover if background is not None \
+        else page * (1 - cover) + ink_level * cover
+    return np.clip(out + rng.normal(0, noise, out.shape), 0, 1).astype(np.float32)
+
+
+def _shadow(size: int, rng: np.random.Generator, soft: float) -> np.ndarray:
+    """A cast shadow: the light drops to 40-55% beyond a straight edge through the middle third."""
+    angle = rng.uniform(0, np.pi)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    c = size / 2 + rng.uniform(-size / 10, size / 10)
+    d = (xx - c) * np.cos(angle) + (yy - c) * np.sin(angle)
+    edge = 1 / (1 + np.exp(-d / max(soft, 0.3)))
+    return 1 - (1 - rng.uniform(0.4, 0.55)) * edge
+
+
+def _lines(size: int, rng: np.random.Generator, squared: bool, tilt: float, level: float,
+           spacing: tuple[int, int] = (22, 34)) -> np.ndarray:
+    """Paper with ruled (or squared) lines of the given darkness factor, tilted by tilt degrees."""
+    step = int(rng.integers(*spacing))
+    big = np.ones((2 * size, 2 * size), np.float32)
+    off = int(rng.integers(0, step))
+    big[off::step, :] = level
+    big[off + 1::step, :] = (1 + level) / 2
+    if squared:
+        big[:, off::step] = level
+        big[:, off + 1::step] = (1 + level) / 2
+    m = cv2.getRotationMatrix2D((size, size), tilt, 1.0)
+    rotated = cv2.warpAffine(big, m, (2 * size, 2 * size), flags=cv2.INTER_LINEAR, borderValue=1.0)
+    return rotated[size // 2:size // 2 + size, size // 2:size // 2 + size]
+
+
+def _png(a: np.ndarray, bits: int = 8) -> bytes:
+    buf = io.BytesIO()
+    if bits == 8:
+        Image.fromarray((a * 255).round().astype(np.uint8)).save(buf, "PNG")
+    else:  # a 12- or 16-bit scan in a 16-bit PNG, values on their own bit depth (0..4095 for 12 bits)
+        Image.fromarray((a * (2**bits - 1)).round().astype(np.uint16)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _jpeg(a: np.ndarray, quality: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray((a * 255).round().astype(np.uint8)).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _rotated(a: np.ndarray, rng: np.random.Generator, max_deg: float) -> np.ndarray:
+    m = cv2.getRotationMatrix2D((a.shape[1] / 2, a.shape[0] / 2), rng.uniform(-max_deg, max_deg), 1.0)
+    return cv2.warpAffine(a, m, a.shape[::-1], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _canvas_corner(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A 280x280 drawing canvas, digit ~40% of it in a corner, shrunk whole to 28x28 by the app."""
+    page = np.ones((280, 280), np.float32)
+    s = 112
+    y, x = int(rng.choice([4, 280 - s - 4])), int(rng.choice([4, 280 - s - 4]))
+    page[y:y + s, x:x + s] = 1 - _ink(digit, s)
+    return cv2.resize(page, (28, 28), interpolation=cv2.INTER_AREA)
+
+
+def _large_page(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    page = np.full((1500, 2000), 0.9, np.float32)
+    s = int(rng.integers(70, 110))
+    y, x = int(rng.integers(0, 1500 - s)), int(rng.integers(0, 2000 - s))
+    page[y:y + s, x:x + s] = 0.9 - 0.78 * _ink(digit, s)
+    return np.clip(page + rng.normal(0, 0.01, page.shape), 0, 1).astype(np.float32)
+
+
+def _ink_contrast(level: float) -> Callable[[np.ndarray, np.random.Generator], Picture]:
+    return lambda d, r: on_paper(d, r, ink_level=0.9 * level)
+
+
+# name -> f(digit, rng) -> a float32 grey array in 0..1 (an in-memory picture) or encoded file bytes.
+CONDITIONS: dict[str, Callable[[np.ndarray, np.random.Generator], Picture]] = {
+    "plain scan": lambda d, r: on_paper(d, r),
+    "dim paper": lambda d, r: on_paper(d, r, paper=0.3, ink_level=0.05, noise=0.01),
+    "ink 5% of paper": _ink_contrast(0.05),
+    "ink 40% of paper": _ink_contrast(0.40),
+    "ink 70% of paper": _ink_contrast(0.70),
+    "smooth gradient": lambda d, r: on_paper(d, r, background=0.92 * (0.45 + 0.55 * np.linspace(
+        0, 1, 320)[None, :] * np.linspace(0.6, 1, 320)[:, None])),
+    "hard shadow": lambda d, r: on_paper(d, r, background=0.92 * _shadow(320, r, soft=0.5)),
+    "soft shadow": lambda d, r: on_paper(d, r, background=0.92 * _shadow(320, r, soft=12)),
+    "ruled, blue": lambda d, r: on_paper(d, r, background=0.92 * (0.25 + 0.75 * _lines(320, r, False, 0, 0.85))),
+    "ruled, grey": lambda d, r: on_paper(d, r, background=0.92 * _lines(320, r, False, 0, 0.55)),
+    "squared, grey": lambda d, r: on_paper(d, r, background=0.92 * _lines(320, r, True, 0, 0.55)),
+    "squared, tilted": lambda d, r: on_paper(d, r, background=0.92 * _lines(320, r, True, r.uniform(-4, 4), 0.55)),
+    "12-bit PNG": lambda d, r: _png(on_paper(d, r), bits=12),
+    "16-bit PNG": lambda d, r: _png(on_paper(d, r), bits=16),
+    "JPEG quality 10": lambda d, r: _jpeg(on_paper(d, r), 10),
+    "blur": lambda d, r: cv2.GaussianBlur(on_paper(d, r), (0, 0), 3.0),
+    "rotated up to 20 deg": lambda d, r: _rotated(on_paper(d, r), r, 20),
+    "noise": lambda d, r: on_paper(d, r, noise=0.08),
+    "small digit, large page": _large_page,
+    "canvas shrunk to 28x28": _canvas_corner,
+    "28x28 dark on light": lambda d, r: 1 - d.astype(np.float32) / 255.0,
+}
