@@ -42,7 +42,7 @@ def bench(model, images: np.ndarray) -> tuple[float, float, float]:
 def main() -> None:
     path = sys.argv[1]
     data = load_mnist()
-    print(machine_line())
+    print(machine_line("onnxruntime"))
     print("| backend | batch images/s | single p50 ms | single p95 ms |\n|---|---|---|---|")
     probs = {}
     for backend in ("onnxruntime", "numpy"):

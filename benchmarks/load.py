@@ -107,7 +107,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=10)
-    print(machine_line())
+    print(machine_line("uvicorn", "fastapi"))
     print(f"{len(lat) + len(errors)} requests (half PNG uploads, half JSON pixels), {args.concurrency} concurrent "
           f"clients, {seconds:.1f} s")
     print("| requests/s | p50 ms | p99 ms | errors |\n|---|---|---|---|")

@@ -133,8 +133,9 @@ def main() -> None:
         sys.exit("set --data-dir or $DIGITLAB_DATA_DIR to the MNIST IDX files")
     data = Path(args.data_dir).resolve()
     tf_python = ensure_tf()
-    print(machine_line(), flush=True)
-    results: dict = {"machine": machine_line(), "precision": args.precision, "keras": [], "digitlab": []}
+    machine = machine_line(load_torch=True)
+    print(machine, flush=True)
+    results: dict = {"machine": machine, "precision": args.precision, "keras": [], "digitlab": []}
     for r in range(args.runs):  # alternate, so that drifts in machine load hit both sides alike
         for name, python, program in (("keras", str(tf_python), KERAS), ("digitlab", sys.executable, DIGITLAB)):
             res = run(python, program, data, args.precision)
