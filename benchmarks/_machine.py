@@ -28,11 +28,14 @@ def cpu_name() -> str:
 
 def machine_line(*libraries: str, load_torch: bool = False) -> str:
     """e.g. `machine: Intel(R) Xeon(R) Processor @ 2.80GHz, 2 cores; ISA: avx2 fma avx512f avx512_vnni;
-    torch 2.13.0+cpu (CPU capability AVX512)`; `libraries` (distribution names) add their versions.
+    load average 0.3; torch 2.13.0+cpu (CPU capability AVX512)`; `libraries` (distribution names) add
+    their versions.
     With load_torch, torch is imported to report its CPU capability even if the benchmark has not."""
     info = cpu_info()
     isa = " ".join(flag for flag in ISA_FLAGS if flag in info.flags) or "unknown"
     parts = [f"machine: {cpu_name()}", f"ISA: {isa}"]
+    if hasattr(os, "getloadavg"):  # other work on the machine while measuring: say so
+        parts.append(f"load average {os.getloadavg()[0]:.1f}")
     if load_torch or "torch" in sys.modules:
         import torch  # here: only where the benchmark uses torch, or asks
 

@@ -1,29 +1,56 @@
-"""Load test of the real server on loopback: a bounded number of requests from many concurrent clients.
+"""Load test of the real server on loopback with wrk (a Python client cannot make this load on 2 cores).
 
-    python benchmarks/load.py MODEL.safetensors --requests 5000 --concurrency 32
+    python benchmarks/load.py MODEL.safetensors [--connections 32] [--seconds 10] [--workers 1]
 
-Starts `digitlab serve` on 127.0.0.1 (a free port), sends --requests POST /api/predict requests (half
-uploads of a PNG, half JSON pixels) from --concurrency clients, and prints requests/s, p50/p99 latency
-and the error count (non-200 answers or failed connections). Stops the server at the end.
+Starts `digitlab serve` on 127.0.0.1 (a free port), then runs wrk (Debian package `wrk`) twice, each with a
+Lua script that posts the same request over and over: a 280x280 canvas PNG upload (multipart field "file",
+a test digit drawn dark on white) and JSON pixels ({"pixels": 28 rows}). Prints the machine (CPU model, ISA
+flags, cores), then requests/s, p50/p99 latency and non-2xx answers for each; exits 1 on any non-2xx or
+socket error. Stops the server at the end.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import json
+import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
+from pathlib import Path
 
-import httpx
 from _machine import machine_line
 from PIL import Image
 
 from digitlab.data import load_mnist
-from digitlab.errors import DigitlabError
+
+# Each script's done() prints one JSON line: wrk's own counters and its latency histogram (microseconds).
+DONE = r"""
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('{"requests": %d, "seconds": %.3f, "p50_us": %d, "p99_us": %d, "non2xx": %d, '
+    .. '"socket_errors": %d}\n', summary.requests, summary.duration / 1e6, latency:percentile(50),
+    latency:percentile(99), e.status, e.connect + e.read + e.write + e.timeout))
+end
+"""
+PNG_LUA = r"""
+local f = assert(io.open("digit.png", "rb")); local png = f:read("*a"); f:close()
+local b = "----wrkboundary7d1f"
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "multipart/form-data; boundary=" .. b
+wrk.body = "--" .. b .. "\r\n" .. 'Content-Disposition: form-data; name="file"; filename="digit.png"\r\n' ..
+  "Content-Type: image/png\r\n\r\n" .. png .. "\r\n--" .. b .. "--\r\n"
+""" + DONE
+JSON_LUA = r"""
+local f = assert(io.open("digit.json", "rb")); wrk.body = f:read("*a"); f:close()
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+""" + DONE
 
 
 def free_port() -> int:
@@ -32,94 +59,65 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def client(host: str, port: int, requests: list[bytes], jobs: list[int], lat: list[float],
-                 errors: list[str]) -> None:
-    """One keep-alive HTTP/1.1 connection sending pre-built requests. Hand-rolled on asyncio streams:
-    a full HTTP client library spends more CPU per request than the server does, on the same 2 cores."""
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        while jobs:
-            i = jobs.pop()
-            t = time.perf_counter()
-            try:
-                writer.write(requests[i % len(requests)])
-                await writer.drain()
-                status_line = await reader.readline()
-                length = 0
-                while (line := await reader.readline()) not in (b"\r\n", b""):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":")[1])
-                await reader.readexactly(length)
-                status = int(status_line.split()[1])
-                if status != 200:
-                    errors.append(f"HTTP {status}")
-            except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as e:
-                errors.append(repr(e))
-                return
-            lat.append(1000 * (time.perf_counter() - t))
-    finally:
-        writer.close()
+def wait_healthy(base: str, seconds: float = 60) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(base + "/api/health", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"server at {base} did not answer within {seconds} s")
 
 
-def build_requests(host: str, port: int, png: bytes, pixels: list) -> list[bytes]:
-    """A JSON-pixels request and a multipart image upload, as raw bytes."""
-    body_json = json.dumps({"pixels": pixels}).encode()
-    boundary = "digitlabbench"
-    body_png = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"d.png\"\r\n"
-                f"Content-Type: image/png\r\n\r\n").encode() + png + f"\r\n--{boundary}--\r\n".encode()
-    head = f"POST /api/predict HTTP/1.1\r\nHost: {host}:{port}\r\n"
-    return [(head + f"Content-Type: application/json\r\nContent-Length: {len(body_json)}\r\n\r\n").encode()
-            + body_json,
-            (head + f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
-             f"Content-Length: {len(body_png)}\r\n\r\n").encode() + body_png]
-
-
-async def load(host: str, port: int, n: int, concurrency: int, requests: list[bytes]) -> tuple[float, list, list]:
-    jobs = list(range(n))
-    lat: list[float] = []
-    errors: list[str] = []
-    t = time.perf_counter()
-    await asyncio.gather(*(client(host, port, requests, jobs, lat, errors) for _ in range(concurrency)))
-    return time.perf_counter() - t, sorted(lat), errors
+def run_wrk(wrk: str, script: str, workdir: Path, url: str, connections: int, seconds: int) -> dict:
+    (workdir / "script.lua").write_text(script)
+    threads = min(connections, max(1, (os.cpu_count() or 2) // 2))
+    out = subprocess.run([wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "-s", "script.lua", url],
+                         cwd=workdir, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    return json.loads(next(line for line in out.splitlines() if line.startswith("{")))
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model")
-    ap.add_argument("--requests", type=int, default=5000)
-    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--data-dir", help="MNIST folder (default: $DIGITLAB_DATA_DIR, then the cache)")
     args = ap.parse_args()
-    data = load_mnist()
-    buf = io.BytesIO()
-    Image.fromarray(255 - data.test_images[0]).resize((280, 280)).save(buf, "PNG")
+    wrk = shutil.which("wrk")
+    if not wrk:
+        raise SystemExit("wrk not found: install the Debian package `wrk`")
+    digit = load_mnist(args.data_dir).test_images[0]
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "digitlab", "serve", args.model, "--port", str(port)])
+    server = subprocess.Popen([sys.executable, "-m", "digitlab", "serve", args.model, "--port", str(port),
+                               "--workers", str(args.workers)], stdout=subprocess.DEVNULL)
+    results = {}
     try:
         base = f"http://127.0.0.1:{port}"
-        for _ in range(200):
-            try:
-                httpx.get(base + "/api/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        requests = build_requests("127.0.0.1", port, buf.getvalue(), data.test_images[0].tolist())
-        seconds, lat, errors = asyncio.run(load("127.0.0.1", port, args.requests, args.concurrency, requests))
+        wait_healthy(base)
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            buf = io.BytesIO()
+            Image.fromarray(255 - digit).resize((280, 280), Image.BILINEAR).save(buf, "PNG")
+            (work / "digit.png").write_bytes(buf.getvalue())
+            (work / "digit.json").write_text(json.dumps({"pixels": digit.tolist()}))
+            for name, script in (("canvas PNG upload (280x280)", PNG_LUA), ("JSON pixels (28x28)", JSON_LUA)):
+                results[name] = run_wrk(wrk, script, work, base + "/api/predict", args.connections, args.seconds)
     finally:
         server.terminate()
-        server.wait(timeout=10)
-    print(machine_line("uvicorn", "fastapi"))
-    print(f"{len(lat) + len(errors)} requests (half PNG uploads, half JSON pixels), {args.concurrency} concurrent "
-          f"clients, {seconds:.1f} s")
-    print("| requests/s | p50 ms | p99 ms | errors |\n|---|---|---|---|")
-    print(f"| {len(lat) / seconds:,.0f} | {lat[len(lat) // 2]:.1f} | {lat[int(0.99 * len(lat))]:.1f} "
-          f"| {len(errors)} |")
-    if errors or len(lat) != args.requests:
-        print("first errors:", errors[:5])
+        server.wait(timeout=20)
+    print(machine_line("granian", "onnxruntime"))
+    print(f"wrk, {args.connections} connections, {args.seconds} s each, {args.workers} worker(s), 127.0.0.1\n")
+    print("| request | requests/s | p50 ms | p99 ms | non-2xx | socket errors |\n|---|---|---|---|---|---|")
+    for name, r in results.items():
+        print(f"| {name} | {r['requests'] / r['seconds']:,.0f} | {r['p50_us'] / 1000:.1f} | {r['p99_us'] / 1000:.1f} "
+              f"| {r['non2xx']} | {r['socket_errors']} |")
+    if any(r["non2xx"] or r["socket_errors"] for r in results.values()):
         sys.exit(1)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except DigitlabError as e:  # no data: the message, not a traceback
-        raise SystemExit(f"load.py: {e}") from None
+    main()

@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-upload", type=int, default=MAX_UPLOAD, help="largest request body in bytes")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes (each loads its own model copy and takes a share of the cores)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also accept this Host header name (repeatable; default: loopback names only)")
 
     p = sub.add_parser("import-keras", help="convert a Keras .h5/.keras file of the tutorial's network")
     p.add_argument("file", metavar="FILE")
@@ -192,6 +196,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line(text: str) -> str:
+    """text with every character that is not printable escaped as Python writes it (a newline as \\n, a
+    byte of a file name that is not valid UTF-8 as \\udcXX): one line, and printable in any locale."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from digitlab.images import decode, expand_sources
     from digitlab.modelfile import load
@@ -201,14 +211,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not args.sources and not args.index:
         raise DigitlabError("predict: give image files or folders, or --index N for a test-set image")
     model = load(args.model)
-    inputs, names, failed = [], [], 0
-    for path in expand_sources(args.sources):
+    inputs, names, errors = [], [], []
+    paths = expand_sources(args.sources, errors)
+    for path in paths:
         try:
-            inputs.append(prepare(decode(path)))
+            inputs.append(prepare(decode(path)))  # decode() silences Pillow's warnings on damaged EXIF
             names.append(str(path))
         except DigitlabError as e:
-            print(f"digitlab: error: {e}", file=sys.stderr)
-            failed += 1
+            errors.append(str(e))
+    for message in errors:
+        print(f"digitlab: error: {_one_line(message)}", file=sys.stderr)
+    failed = len(errors)
     if args.index:
         data = _test_set(args.data_dir, args.dataset or model.metadata.get("dataset", "mnist"))
         for i in args.index:
@@ -220,10 +233,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             names.append(f"test[{i}] (label {data.test_labels[i]})")
     records = predict_records(model, inputs, names)
     if args.json:
-        print(json.dumps(records))
+        print(json.dumps(records))  # JSON escapes newlines and undecodable bytes (as \udcXX) itself
     else:
         for r in records:
-            print(describe(r))
+            print(_one_line(describe(r)))
             if r["probabilities"] is not None:
                 print("   " + "  ".join(f"{c}:{p:.3f}" for c, p in zip(model.classes, r["probabilities"], strict=True)))
     return 1 if failed else 0
@@ -249,7 +262,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from digitlab.serve.app import run
 
-    run(args.model, host=args.host, port=args.port, max_upload=args.max_upload)
+    if args.workers < 1:
+        raise DigitlabError(f"--workers {args.workers}: expected 1 or more")
+    run(args.model, host=args.host, port=args.port, max_upload=args.max_upload, workers=args.workers,
+        allow_hosts=args.allow_host)
     return 0
 
 

@@ -7,8 +7,10 @@ integer TIFFs, CIE L*a*b*, CMYK, palettes and transparency - and decode huge pho
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
 import struct
 import warnings
 from pathlib import Path
@@ -30,11 +32,14 @@ Image.MAX_IMAGE_PIXELS = None  # our own limits below replace Pillow's warning-t
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as Pillow's convert("L")
 
 
-def load_image(source: str | os.PathLike | bytes | IO[bytes], name: str | None = None,
+def load_image(source: str | os.PathLike | bytes | IO[bytes], name: str | None = None, *,
                max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Open and decode an image file (path, bytes or file object), with EXIF rotation applied; big JPEGs
-    are decoded downscaled (to a long side of at least DECODE_SIDE), other formats reduced after decoding.
+    """Open and decode an image file (path, bytes or file object), with EXIF rotation applied.
 
+    Big pictures are decoded downscaled to a long side of at least DECODE_SIDE: JPEGs by the decoder
+    itself (libjpeg's draft mode at 1/2, 1/4 or 1/8, nearly free), other formats reduced after decoding.
+    max_pixels: the most pixels to decode; a JPEG declaring more is decoded at the draft scale that
+    fits, anything else is refused (and so is any format whose decoded pixels would pass MAX_DECODED_BYTES).
     Raises ImageError naming the file for anything unreadable, not an image, or too large."""
     label = name or (str(source) if isinstance(source, (str, os.PathLike)) else "image")
     if isinstance(source, bytes):
@@ -43,10 +48,9 @@ def load_image(source: str | os.PathLike | bytes | IO[bytes], name: str | None =
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Corrupt EXIF data" and the like: the picture still decodes
             im = Image.open(source)
+            if im.format == "JPEG" and (max(im.size) > 2 * DECODE_SIDE or im.width * im.height > max_pixels):
+                _draft(im, max_pixels)
             _check_size(im, label, max_pixels)
-            if im.format == "JPEG" and max(im.size) > 2 * DECODE_SIDE:
-                f = max(im.size) / DECODE_SIDE
-                im.draft("L" if im.mode in ("L", "RGB", "YCbCr") else None, (int(im.width / f), int(im.height / f)))
             im.load()
             if max(im.size) > 2 * DECODE_SIDE:
                 im = im.reduce(max(1, int(max(im.size) / DECODE_SIDE)))
@@ -66,6 +70,17 @@ def load_image(source: str | os.PathLike | bytes | IO[bytes], name: str | None =
         raise ImageError(f"{label}: cannot decode image ({e})") from None
     im.info.setdefault("digitlab_sbit", _png_sbit(source))
     return im
+
+
+def _draft(im: Image.Image, max_pixels: int) -> None:
+    """Ask libjpeg for the smallest of 1/2, 1/4, 1/8 scale that keeps DECODE_SIDE and fits max_pixels."""
+    for s in (8, 4, 2):
+        w, h = -(-im.width // s), -(-im.height // s)
+        if max(w, h) >= DECODE_SIDE and w * h <= max_pixels:
+            break
+    else:
+        s = next((s for s in (2, 4, 8) if -(-im.width // s) * -(-im.height // s) <= max_pixels), 8)
+    im.draft("L" if im.mode in ("L", "RGB", "YCbCr") else im.mode, (-(-im.width // s), -(-im.height // s)))
 
 
 def _check_size(im: Image.Image, label: str, max_pixels: int) -> None:
@@ -130,7 +145,10 @@ def grey(picture: Any) -> np.ndarray:
     0/1. Transparent pixels become the paper: white behind dark ink, black behind bright ink.
     Raises ImageError for other shapes and for NaN, infinite or out-of-range values."""
     if isinstance(picture, Image.Image):
-        return _pil_grey(picture)
+        try:
+            return _pil_grey(picture)
+        except (OSError, ValueError, TypeError) as e:  # a mode Pillow opens but cannot convert
+            raise ImageError(f"cannot convert a {picture.mode} image to grey levels ({e})") from None
     a = np.asarray(picture)
     if a.dtype == bool:
         a = a.astype(np.float32)
@@ -195,13 +213,38 @@ def _composite(lum: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
     return (lum * alpha + paper * (1 - alpha)).astype(np.float32)
 
 
-def expand_sources(sources: list[str]) -> list[Path]:
-    """Files as given; directories expanded to the images inside them (sorted, not recursive)."""
+def _not_a_file(p: Path) -> str | None:
+    """Why p cannot be read as an image file (None if it is a regular file). Checked before opening: a
+    FIFO would block the open forever, and a dangling or looping link deserves its own message."""
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        return f"dangling symbolic link (to {os.readlink(p)})" if p.is_symlink() else "no such file"
+    except OSError as e:
+        return "symbolic link loop" if e.errno == errno.ELOOP else f"cannot read ({e.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a folder, not an image file"
+    return "is a FIFO (named pipe), not an image file" if stat.S_ISFIFO(mode) else "is not a regular file"
+
+
+def expand_sources(sources: list[str], errors: list[str] | None = None) -> list[Path]:
+    """Files as given; folders expanded to the images inside them (by suffix, sorted, not recursive).
+
+    Anything named as an image that is not a regular file (a dangling or looping symbolic link, a FIFO, a
+    folder named x.png, a missing file) is an error, never skipped silently: with errors given, one line
+    per such path is appended there ("PATH: why") and the path left out; without, ImageError is raised."""
     out: list[Path] = []
     for s in sources:
         p = Path(s)
-        if p.is_dir():
-            out += sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            out.append(p)
+        wanted = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
+        for q in wanted:
+            why = _not_a_file(q)
+            if why is None:
+                out.append(q)
+            elif errors is None:
+                raise ImageError(f"{q}: {why}")
+            else:
+                errors.append(f"{q}: {why}")
     return out

@@ -37,7 +37,7 @@ from digitlab.images import IMAGE_SUFFIXES, decode, expand_sources, grey
 
 cv2.setNumThreads(1)  # pictures here are small: threads cost more than they give, and servers run several
 
-WORK_SIDE = 512  # pictures are prepared at a long side of at most this many pixels (a digit needs ~20)
+WORK_SIDE = 256  # pictures are prepared at a long side of at most this many pixels (a digit needs ~20)
 MIN_CONTRAST = 0.12  # ink must differ from its paper by 12% of the paper's brightness (readable ink: 30-95%)
 MIN_SNR = 6.0  # ... and by 6 times the picture's own noise (robust standard deviation)
 MASS_CENTER = 14.0  # where MNIST's centre of mass lands (rows and columns, pixel-index units)
@@ -108,6 +108,7 @@ def ink_map(g: np.ndarray) -> tuple[np.ndarray, float]:
     scale = max(1.0, max(h, w) / WORK_SIDE)
     if scale > 1:
         g = cv2.resize(g, (max(1, round(w / scale)), max(1, round(h / scale))), interpolation=cv2.INTER_AREA)
+    g = cv2.GaussianBlur(g, (3, 3), 0)  # sensor noise and JPEG blocks, finer than any stroke here
     bright = _ink_is_bright(g)
     inv = g if bright else 1.0 - g
     # The paper: an opening (min then max filter) wider than any stroke removes the ink and keeps the
@@ -123,22 +124,27 @@ def ink_map(g: np.ndarray) -> tuple[np.ndarray, float]:
         contrast = contrast / max(span, 1e-6)
     contrast = np.clip(contrast, 0, 1).astype(np.float32)
     noise = _robust_std(contrast)
-    peak = float(cv2.GaussianBlur(contrast, (3, 3), 0).max())
+    peak = float(np.percentile(contrast, 99.9)) if contrast.size > 1000 else float(contrast.max())
     if peak < MIN_CONTRAST or peak < MIN_SNR * noise:
         return np.zeros_like(contrast), scale
     # Threshold: well above the noise and a third of the ink's own peak (anti-aliased edges keep
     # their grey levels above it; the paper's texture falls below).
     t = max(4.0 * noise, peak / 3.0, MIN_CONTRAST / 2)
+    contrast = _drop_lines(contrast, t)
     ink = np.clip((contrast - t / 2) / (peak - t / 2), 0, 1)
     ink[contrast < t] = 0
-    return _drop_lines(ink.astype(np.float32)), scale
+    return ink.astype(np.float32), scale
 
 
 def _ink_is_bright(g: np.ndarray) -> bool:
-    """Ink is the minority that departs from the paper: compare how far the darkest and the brightest
-    0.5% of pixels lie from the median."""
-    lo, mid, hi = np.percentile(g[:: max(1, g.shape[0] // 64), :: max(1, g.shape[1] // 64)], [0.5, 50, 99.5])
-    return hi - mid > mid - lo
+    """The border is paper (shadowed or lit); ink is what departs from the border's range. Compare how
+    far the darkest 0.5% of pixels lie below the border's 5th percentile with how far the brightest
+    0.5% lie above its 95th."""
+    k = max(1, min(g.shape) // 20)
+    border = np.concatenate([g[:k].ravel(), g[-k:].ravel(), g[:, :k].ravel(), g[:, -k:].ravel()])
+    b_lo, b_hi = np.percentile(border, [5, 95])
+    lo, hi = np.percentile(g[:: max(1, g.shape[0] // 96), :: max(1, g.shape[1] // 96)], [0.5, 99.5])
+    return hi - b_hi > b_lo - lo
 
 
 def _robust_std(a: np.ndarray) -> float:
@@ -148,17 +154,18 @@ def _robust_std(a: np.ndarray) -> float:
     return 1.4826 * float(np.median(np.abs(sample - med)))
 
 
-def _drop_lines(ink: np.ndarray) -> np.ndarray:
-    """Remove families of ruled lines: two or more parallel straight lines (within 6 degrees of
-    horizontal or vertical) that each cross 60% of the picture and are thin beside it. A digit's own
-    long stroke (the bar of a 7, the stem of a tightly cropped 1) is alone in its direction and stays."""
-    mask = (ink > 0).astype(np.uint8)
+def _drop_lines(contrast: np.ndarray, t: float) -> np.ndarray:
+    """Remove families of ruled lines from a contrast map (threshold t): two or more parallel straight
+    lines (within 6 degrees of horizontal or vertical) that each cross 75% of the picture and are thin
+    beside it. A digit's own long stroke (the bar of a 7, the stem of a tightly cropped 1) is alone in
+    its direction and stays."""
+    mask = (contrast > t / 2).astype(np.uint8)  # faint parts of the lines too, so they come out whole
     h, w = mask.shape
     if min(h, w) < 16:
-        return ink
+        return contrast
     n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    if not ((stats[1:, cv2.CC_STAT_WIDTH] >= 0.6 * w) | (stats[1:, cv2.CC_STAT_HEIGHT] >= 0.6 * h)).any():
-        return ink  # nothing long enough to be a line: the common case, and cheap
+    if not ((stats[1:, cv2.CC_STAT_WIDTH] >= 0.75 * w) | (stats[1:, cv2.CC_STAT_HEIGHT] >= 0.75 * h)).any():
+        return contrast  # nothing crosses the picture: the common case, and cheap
     lines = np.zeros_like(mask)
     for transpose in (False, True):  # rows for horizontal lines, then columns for vertical ones
         m = mask.T if transpose else mask
@@ -166,11 +173,11 @@ def _drop_lines(ink: np.ndarray) -> np.ndarray:
         if found is not None:
             lines |= found.T if transpose else found
     if not lines.any():
-        return ink
+        return contrast
     lines = cv2.dilate(lines, np.ones((3, 3), np.uint8))
-    kept = np.where(lines > 0, 0, ink)
+    kept = np.where(lines > 0, 0, contrast).astype(np.float32)
     # Strokes that crossed a line are cut by it: close gaps as wide as the lines were.
-    return cv2.morphologyEx(kept, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
+    return cv2.morphologyEx(kept, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
 
 
 def _line_family(m: np.ndarray) -> np.ndarray | None:
@@ -178,7 +185,7 @@ def _line_family(m: np.ndarray) -> np.ndarray | None:
     The tilt is found by shearing rows over -6..6 degrees and keeping the sharpest row profile."""
     h, w = m.shape
     best = (0.0, 0.0, None)
-    for deg in np.arange(-6, 6.5, 0.5):
+    for deg in np.arange(-6, 6.5, 1.0):
         shear = np.float32([[1, 0, 0], [np.tan(np.radians(deg)), 1, -np.tan(np.radians(deg)) * w / 2]])
         sheared = cv2.warpAffine(m, shear, (w, h), flags=cv2.INTER_NEAREST)
         profile = sheared.sum(axis=1) / w
@@ -186,7 +193,7 @@ def _line_family(m: np.ndarray) -> np.ndarray | None:
         if score > best[0]:
             best = (score, deg, profile)
     _, deg, profile = best
-    rows = profile >= 0.85
+    rows = profile >= 0.75
     # Runs of line rows are lines; each must be thin (under 6% of the picture's height).
     edges = np.flatnonzero(np.diff(np.concatenate([[0], rows.astype(np.int8), [0]])))
     runs = [(a, b) for a, b in zip(edges[::2], edges[1::2], strict=True) if b - a <= max(2, 0.06 * h)]

@@ -1,44 +1,79 @@
-"""HTTP API and drawing page (FastAPI + uvicorn).
+"""HTTP API and drawing page (FastAPI, served by Granian).
 
-Every input is bounded: the request body (413 over the limit, counted while streaming), the pixel
-count of an uploaded image (decompression bombs are refused before decoding), the number of images
-in a batch, the shape of JSON pixels. Decoding and inference run in worker threads, so the event
-loop keeps answering other clients; NumPy releases the GIL in its matrix products.
+Every input is bounded, and each bound is the server's or the framework's own where one exists:
+- connections (Granian, in Rust): a request head must arrive within HEADER_TIMEOUT_S (idle keep-alive
+  connections close after the same time) and fit in MAX_HEADER_BYTES (431 above);
+- the body: max_upload bytes (FastAPI's max_body_size, 413, counted while streaming), sent within
+  BODY_TIMEOUT_S (408);
+- Host names: loopback only unless allowed (Starlette's TrustedHostMiddleware, 400), so a page using DNS
+  rebinding cannot read the API;
+- decoding: MAX_REQUEST_PIXELS decoded pixels per request, JPEGs decoded downscaled to fit (422 above);
+  at most one decode per core at once, pictures above LARGE_PICTURE one at a time (the rest wait up to
+  QUEUE_WAIT_S, then 503 with Retry-After);
+- JSON: parsed by pydantic-core (nesting depth capped: 422, never a RecursionError), one of the forms in
+  forms.py; a batch holds at most MAX_BATCH pictures.
+Every picture, whatever its door, goes through digitlab.prepare.prepare() before the model.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import io
+import math
+import os
+import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel, Field, ValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
+from PIL import Image
+from pydantic import BaseModel, Field
+from pydantic.json_schema import models_json_schema
+from pydantic_core import from_json
+from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import ClientDisconnect
 
 from digitlab import __version__
 from digitlab.errors import ImageError
-from digitlab.images import decode
+from digitlab.images import load_image
 from digitlab.modelfile import DigitModel, load
 from digitlab.predict import predict_records
 from digitlab.prepare import Prepared, prepare
-from digitlab.serve import MAX_UPLOAD
+from digitlab.serve import (
+    BODY_TIMEOUT_S,
+    HEADER_TIMEOUT_S,
+    LARGE_PICTURE,
+    LOOPBACK_HOSTS,
+    MAX_CONNECTIONS,
+    MAX_HEADER_BYTES,
+    MAX_REQUEST_PIXELS,
+    MAX_UPLOAD,
+    PREPARE_PIXELS,
+    QUEUE_WAIT_S,
+)
+from digitlab.serve.forms import (
+    ACCEPTED,
+    MAX_BATCH,
+    BadForm,
+    BatchIn,
+    ImageIn,
+    PixelsIn,
+    RgbaIn,
+    grey_picture,
+    image_bytes,
+    parse_batch,
+    parse_form,
+    rgba_picture,
+)
 
 STATIC = Path(__file__).parent / "static"
-MAX_BATCH = 64
-
-Row = Annotated[list[Annotated[float, Field(ge=0, le=255)]], Field(min_length=28, max_length=28)]
-
-
-class PixelsIn(BaseModel):
-    pixels: Annotated[list[Row], Field(min_length=28, max_length=28,
-                                       description="28 rows of 28 values 0..255, ink bright as in MNIST")]
-
-
-class BatchIn(BaseModel):
-    images: Annotated[list[PixelsIn], Field(min_length=1, max_length=MAX_BATCH)]
+IMAGE_STATUS = {"not_image": 415, "corrupt": 422, "too_large": 422}
 
 
 class Prediction(BaseModel):
@@ -52,90 +87,215 @@ class Prediction(BaseModel):
     input: list[list[int]] = Field(description="the 28x28 image the model saw, ink bright")
 
 
+class ErrorOut(BaseModel):
+    detail: str = Field(description="one line naming the field or file and what was expected")
+
+
 class BadInput(Exception):
-    def __init__(self, status: int, detail: str):
-        self.status, self.detail = status, detail
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None):
+        self.status, self.detail, self.headers = status, detail, headers
 
 
-IMAGE_STATUS = {"not_image": 415, "corrupt": 422, "too_large": 422}
-BODY_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-                "file": {"type": "string", "format": "binary", "description": "an image file (PNG, JPEG, ...)"}}}},
-            "application/json": {"schema": PixelsIn.model_json_schema()},
-        },
-    }
+class BodyTimeout(Exception):
+    """The body did not arrive within its deadline."""
+
+
+ERRORS = {
+    408: "the body did not arrive within the time limit",
+    413: "the body is larger than the upload limit, or the batch holds too many images",
+    415: "neither multipart/form-data nor application/json, or an uploaded file that is not an image",
+    422: "a field, value or image that is not what was expected (the message names it)",
+    503: "every decode slot is busy: try again after Retry-After seconds",
 }
-BATCH_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {
-                "files": {"type": "array", "items": {"type": "string", "format": "binary"},
-                          "maxItems": MAX_BATCH}}}},
-            "application/json": {"schema": BatchIn.model_json_schema()},
-        },
-    }
-}
+RESPONSES: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut, "description": text}
+                                              for code, text in ERRORS.items()}
+FORM_REFS = {"oneOf": [{"$ref": f"#/components/schemas/{m.__name__}"} for m in (PixelsIn, RgbaIn, ImageIn)]}
 
 
-def _pixels(p: PixelsIn, field: str = "pixels") -> Prepared:
-    a = np.asarray(p.pixels, dtype=np.float32)
-    # Values scaled to 0..1 (as many canvas demos send them) would round to an all-but-blank image and
-    # get a confident wrong answer; an image whose brightest pixel is 1 of 255 shows nothing anyway.
-    if 0 < a.max() <= 1:
-        raise BadInput(422, f"{field}: all values lie in 0..1, but pixels are 0..255 (ink bright); "
-                       "multiply them by 255")
-    return prepare(a / 255.0)
+def _body_doc(field: str, batch: bool) -> dict[str, Any]:
+    file = {"type": "string", "format": "binary", "description": "an image file (PNG, JPEG, ...)"}
+    multipart = {"type": "object", "required": [field], "properties": {
+        field: {"type": "array", "items": file, "minItems": 1, "maxItems": MAX_BATCH} if batch else file}}
+    json_schema = {"$ref": "#/components/schemas/BatchIn"} if batch else FORM_REFS
+    return {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": multipart},
+        "application/json": {"schema": json_schema}}}}
 
 
-def _decode(data: bytes, name: str) -> Prepared:
+def _media_type(request: Request) -> str:
+    """The media type of the request body (RFC 9110: case-insensitive, parameters after ';')."""
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+class Slots:
+    """Decode slots: one per core for small pictures, one for large ones; waits up to queue_wait, then 503."""
+
+    def __init__(self, small: int, queue_wait: float):
+        self.small, self.large, self.queue_wait = asyncio.Semaphore(small), asyncio.Semaphore(1), queue_wait
+
+    async def run(self, large: bool, fn: Callable[[], Any]) -> Any:
+        sems = (self.large, self.small) if large else (self.small,)
+        taken = []
+        try:
+            for sem in sems:
+                try:
+                    await asyncio.wait_for(sem.acquire(), self.queue_wait)
+                except TimeoutError:
+                    raise BadInput(503, f"busy: every decode slot stayed taken for {self.queue_wait:g} s; "
+                                   "try again", {"Retry-After": "1"}) from None
+                taken.append(sem)
+            return await run_in_threadpool(fn)
+        finally:
+            for sem in taken:
+                sem.release()
+
+
+def _declared_pixels(data: bytes) -> int:
+    """The pixel count an image file declares in its header (0 if unreadable: load_image says why)."""
     try:
-        return prepare(decode(data, name=name))
-    except ImageError as e:
-        raise BadInput(IMAGE_STATUS.get(e.kind, 422), str(e)) from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as im:
+                return im.width * im.height
+    except Exception:  # noqa: BLE001 - any failure here is reported properly by load_image later
+        return 0
 
 
-def _validation_detail(e: ValidationError) -> str:
-    first = e.errors()[0]
-    where = ".".join(str(x) for x in first["loc"]) or "body"
-    return f"{where}: {first['msg']} ({len(e.errors())} error(s) in all)"
+class Job:
+    """One picture of a request: file bytes to decode, or an already decoded picture."""
+
+    def __init__(self, name: str, data: bytes | None = None, picture: Any = None):
+        self.name, self.data, self.picture = name, data, picture
+        self.pixels = _declared_pixels(data) if data is not None else int(np.prod(np.shape(picture)[:2])) \
+            if not isinstance(picture, Image.Image) else picture.width * picture.height
 
 
-async def _read_inputs(request: Request, batch: bool) -> tuple[list[Prepared], list[str]]:
-    """The MNIST-style arrays and their names from a multipart upload or a JSON body."""
-    ctype = request.headers.get("content-type", "")
-    if ctype.startswith("multipart/form-data"):
-        field = "files" if batch else "file"
-        async with request.form(max_files=MAX_BATCH, max_fields=MAX_BATCH) as form:
-            uploads = [u for u in form.getlist(field) if hasattr(u, "read")]
-            if not uploads and not batch:
-                uploads = [u for u in form.getlist("files") if hasattr(u, "read")][:1]
-            if not uploads:
+def _prepare_all(jobs: list[Job], max_pixels: int) -> list[Prepared]:
+    """The 28x28 images for a request's pictures, decoding files within the request's pixel budget."""
+    left, images = max_pixels, []
+    for job in jobs:
+        if job.data is not None:
+            try:
+                picture = load_image(job.data, name=job.name, max_pixels=left)
+            except ImageError as e:
+                raise BadInput(IMAGE_STATUS.get(e.kind, 422), str(e)) from None
+        else:
+            picture = job.picture
+        size = picture.width * picture.height if isinstance(picture, Image.Image) else job.pixels
+        if size > left:
+            raise BadInput(422, f"{job.name}: the request's pictures hold more than {max_pixels:,} pixels")
+        left -= size
+        try:
+            images.append(prepare(_reduced(picture)))
+        except ImageError as e:
+            raise BadInput(422, f"{job.name}: {e}") from None
+    return images
+
+
+def _reduced(picture: Any) -> Any:
+    """picture box-reduced by the smallest whole factor that brings it to PREPARE_PIXELS or fewer (the
+    server's memory bound: prepare() works on float copies); smaller pictures are returned as they are."""
+    if not isinstance(picture, Image.Image) or picture.width * picture.height <= PREPARE_PIXELS:
+        return picture
+    factor = math.ceil(math.sqrt(picture.width * picture.height / PREPARE_PIXELS))
+    while -(-picture.width // factor) * -(-picture.height // factor) > PREPARE_PIXELS:
+        factor += 1
+    try:
+        return picture.reduce(factor)
+    except ValueError:  # a mode reduce() does not handle: the same box average by resize
+        return picture.resize((-(-picture.width // factor), -(-picture.height // factor)), Image.BOX)
+
+
+def _form_job(form: BaseModel, prefix: str = "") -> Job:
+    """The job for one JSON form; prefix names it within a batch ("images[3]"), else its field names it."""
+    field = "pixels" if isinstance(form, PixelsIn) else "rgba" if isinstance(form, RgbaIn) else "image"
+    name, where = prefix or field, f"{prefix}.{field}" if prefix else field
+    if isinstance(form, PixelsIn):
+        return Job(name, picture=grey_picture(form, where))
+    if isinstance(form, RgbaIn):
+        return Job(name, picture=rgba_picture(form, where))
+    return Job(name, data=image_bytes(form, where))
+
+
+async def _json_jobs(request: Request, batch: bool) -> list[Job]:
+    try:
+        body = from_json(await request.body(), allow_inf_nan=False)
+    except ValueError as e:
+        raise BadInput(422, f"body: not valid JSON ({e})") from None
+    try:
+        if batch:
+            return [_form_job(f, f"images[{i}]") for i, f in enumerate(parse_batch(body))]
+        return [_form_job(parse_form(body))]
+    except BadForm as e:
+        raise BadInput(422, str(e)) from None
+
+
+async def _multipart_jobs(request: Request, batch: bool) -> list[Job]:
+    field = "files" if batch else "file"
+    try:
+        async with request.form(max_files=MAX_BATCH + 1, max_fields=MAX_BATCH + 1) as form:
+            items = form.getlist(field) or ([] if batch else form.getlist("files")[:1])
+            texts = [x for x in items if isinstance(x, str)]
+            if texts:
+                data_url = texts[0].startswith("data:")
+                hint = ' (a data URL? send it as JSON {"image": "data:..."})' if data_url else ""
+                raise BadInput(422, f"multipart field '{field}': text was sent where a file was expected{hint}")
+            if not items:
                 raise BadInput(422, f"multipart field '{field}' is missing: expected "
                                f"{'one or more image files' if batch else 'an image file'}")
-            if len(uploads) > MAX_BATCH:
-                raise BadInput(413, f"at most {MAX_BATCH} images per request, got {len(uploads)}")
-            blobs = [(await u.read(), u.filename or f"upload {i}") for i, u in enumerate(uploads)]
-        arrays = [await run_in_threadpool(_decode, data, name) for data, name in blobs]
-        return arrays, [name for _, name in blobs]
-    if ctype.startswith("application/json"):
-        try:
-            body = await request.json()
-        except ValueError:
-            raise BadInput(422, "body: not valid JSON") from None
-        try:
-            if batch:
-                parsed = BatchIn.model_validate(body)
-                names = [f"images[{i}]" for i in range(len(parsed.images))]
-                return [_pixels(p, f"{n}.pixels") for p, n in zip(parsed.images, names, strict=True)], names
-            return [_pixels(PixelsIn.model_validate(body))], ["pixels"]
-        except ValidationError as e:
-            raise BadInput(422, _validation_detail(e)) from None
-    raise BadInput(415, f"content type {ctype or 'missing'}: expected multipart/form-data "
-                   "(an image file) or application/json (pixels)")
+            if len(items) > MAX_BATCH:
+                raise BadInput(413, f"at most {MAX_BATCH} images per request, got {len(items)}")
+            return [Job(u.filename or f"upload {i}", data=await u.read()) for i, u in enumerate(items)]
+    except HTTPException as e:  # Starlette's multipart parser: malformed body, too many parts
+        raise BadInput(422 if e.status_code == 400 else e.status_code, f"multipart body: {e.detail}") from None
+
+
+async def _read_jobs(request: Request, batch: bool) -> list[Job]:
+    media = _media_type(request)
+    if media in ("multipart/form-data", "application/x-www-form-urlencoded"):  # the latter holds text only
+        return await _multipart_jobs(request, batch)
+    if media == "application/json":
+        return await _json_jobs(request, batch)
+    raise BadInput(415, f"content type {media or 'missing'}: expected multipart/form-data (an image file) or "
+                   f"application/json (one of {ACCEPTED})")
+
+
+def _no_paths(value: Any) -> Any:
+    """value with every string that names a file reduced to its file name: the API never shows where
+    things lie on this machine (training metadata records the output and data paths)."""
+    if isinstance(value, dict):
+        return {k: _no_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_paths(v) for v in value]
+    if isinstance(value, str) and ("/" in value or "\\" in value):
+        return value.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return value
+
+
+class BodyDeadline:
+    """Bounds the time a request's body may take to arrive: the servers bound the head only."""
+
+    def __init__(self, app, seconds: float):
+        self.app, self.seconds = app, seconds
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        loop = asyncio.get_running_loop()
+        deadline, done = loop.time() + self.seconds, False
+
+        async def timed_receive():
+            nonlocal done
+            if done:  # the body is in: later receives wait for a disconnect, as long as the answer takes
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                raise BodyTimeout from None
+            done = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        await self.app(scope, timed_receive, send)
 
 
 class JSONTooLarge:
@@ -153,76 +313,167 @@ class JSONTooLarge:
             nonlocal replaced
             if message["type"] == "http.response.start" and message["status"] == 413:
                 replaced = True
-                body = json.dumps({"detail": f"request body larger than the limit of {self.max_upload} bytes"})
-                await send({"type": "http.response.start", "status": 413, "headers": [
-                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-                await send({"type": "http.response.body", "body": body.encode()})
+                body = JSONResponse({"detail": f"request body larger than the limit of {self.max_upload} bytes"})
+                await send({"type": "http.response.start", "status": 413, "headers": body.raw_headers})
+                await send({"type": "http.response.body", "body": body.body})
             elif not replaced:  # the plain-text body of a replaced answer is dropped
                 await send(message)
 
         await self.app(scope, receive, send_json_413)
 
 
-class _App(FastAPI):
-    # FastAPI puts its body-size limit outside user middleware, so the 413 is rewritten around the
-    # whole stack rather than with add_middleware.
-    def build_middleware_stack(self):
-        return JSONTooLarge(super().build_middleware_stack(), self.max_body_size)
+def _add_openapi_forms(app: FastAPI) -> None:
+    """Put the JSON forms' schemas in components/schemas, where the request bodies refer to them."""
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = plain()
+            _, defs = models_json_schema([(m, "validation") for m in (PixelsIn, RgbaIn, ImageIn, BatchIn)],
+                                         ref_template="#/components/schemas/{model}")
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
-def create_app(model: DigitModel | str | Path, max_upload: int = MAX_UPLOAD) -> FastAPI:
-    """The ASGI app for a model (or a model file path); max_upload bounds every request body."""
+def _model_info(model: DigitModel, max_upload: int) -> dict[str, Any]:
+    meta = model.metadata
+    # Only the training settings hold paths (out, data_dir, resume); class labels may hold "/" ("T-shirt/top").
+    return {
+        "architecture": meta.get("architecture"), "arch_config": meta.get("arch_config"),
+        "dataset": meta.get("dataset"), "classes": model.classes, "parameters": model.param_count,
+        "test_metrics": meta.get("test_metrics"), "training": _no_paths(meta.get("training")),
+        "digitlab_version": meta.get("digitlab_version"), "max_upload_bytes": max_upload,
+        "max_request_pixels": MAX_REQUEST_PIXELS}
+
+
+def create_app(model: DigitModel | str | Path, max_upload: int = MAX_UPLOAD,
+               allowed_hosts: tuple[str, ...] | list[str] = LOOPBACK_HOSTS, slots: int | None = None,
+               queue_wait: float = QUEUE_WAIT_S, max_request_pixels: int = MAX_REQUEST_PIXELS,
+               body_timeout: float = BODY_TIMEOUT_S) -> FastAPI:
+    """The ASGI app for a model (or a model file path).
+
+    max_upload: bytes per request body; allowed_hosts: Host header names accepted (port stripped; "*" for
+    any); slots: decodes at once (default: one per core); queue_wait: seconds a request waits for a slot
+    before 503; max_request_pixels: decoded pixels per request; body_timeout: seconds for a body."""
     model = model if isinstance(model, DigitModel) else load(model)
-    app = _App(title="digitlab", version=__version__, max_body_size=max_upload,
-                  description="Handwritten-digit recognition. Images are preprocessed MNIST-style "
-                              "(grayscale, ink bright, cropped, fit to 20x20, centred by mass in 28x28).")
+    app = FastAPIOffline(title="digitlab", version=__version__, max_body_size=max_upload,
+                         description="Handwritten-digit recognition. Every picture is prepared MNIST-style "
+                                     "(ink bright, cropped, fit to 20x20, centred by mass in 28x28).")
+    # FastAPI puts its body-size limit outside user middleware, so the 413 is rewritten around the whole
+    # stack rather than with add_middleware.
+    stack = app.build_middleware_stack
+    app.build_middleware_stack = lambda: JSONTooLarge(stack(), max_upload)
+    app.add_middleware(BodyDeadline, seconds=body_timeout)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+    app.state.slots = Slots(slots or os.cpu_count() or 1, queue_wait)
+    _add_openapi_forms(app)
 
     @app.exception_handler(BadInput)
     async def bad_input(request: Request, exc: BadInput) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
 
-    def run_model(prepared: list[Prepared], names: list[str]) -> list[dict[str, Any]]:
-        records = predict_records(model, prepared, names)
-        for r, p in zip(records, prepared, strict=True):
-            r["input"] = p.image.tolist()
-        return records
+    @app.exception_handler(BodyTimeout)
+    async def body_timeout_handler(request: Request, exc: BodyTimeout) -> JSONResponse:
+        return JSONResponse({"detail": f"body: not received within {body_timeout:g} s"}, status_code=408,
+                            headers={"Connection": "close"})
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, exc: ClientDisconnect) -> Response:
+        return Response(status_code=400)  # nobody is listening: no answer, and no traceback in the log
+
+    async def answer(request: Request, batch: bool) -> list[dict[str, Any]]:
+        jobs = await _read_jobs(request, batch)
+
+        def work() -> list[dict[str, Any]]:
+            images = _prepare_all(jobs, max_request_pixels)
+            records = predict_records(model, images, [j.name for j in jobs])
+            for r, p in zip(records, images, strict=True):
+                r["input"] = p.image.tolist()
+            return records
+
+        return await app.state.slots.run(max(j.pixels for j in jobs) > LARGE_PICTURE, work)
 
     # The answers are built by our own code, so they go out as plain JSON: re-validating 784 pixel
     # values per answer against the response model would cost more than the inference itself.
-    @app.post("/api/predict", response_model=Prediction, openapi_extra=BODY_DOC,
-              summary="Recognize one digit: an uploaded image (field 'file') or JSON pixels")
+    @app.post("/api/predict", response_model=Prediction, openapi_extra=_body_doc("file", False),
+              responses=RESPONSES, summary="Recognize one digit: an uploaded image (field 'file') or JSON")
     async def predict(request: Request) -> JSONResponse:
-        arrays, names = await _read_inputs(request, batch=False)
-        return JSONResponse((await run_in_threadpool(run_model, arrays, names))[0])
+        return JSONResponse((await answer(request, batch=False))[0])
 
-    @app.post("/api/predict/batch", response_model=list[Prediction], openapi_extra=BATCH_DOC,
-              summary=f"Recognize up to {MAX_BATCH} digits in one request, answered in order")
+    @app.post("/api/predict/batch", response_model=list[Prediction], openapi_extra=_body_doc("files", True),
+              responses=RESPONSES, summary=f"Recognize up to {MAX_BATCH} digits in one request, answered in order")
     async def predict_batch(request: Request) -> JSONResponse:
-        arrays, names = await _read_inputs(request, batch=True)
-        return JSONResponse(await run_in_threadpool(run_model, arrays, names))
+        return JSONResponse(await answer(request, batch=True))
 
-    @app.get("/api/model", summary="The model's metadata")
-    def model_info() -> dict[str, Any]:
-        meta = model.metadata
-        return {"architecture": meta.get("architecture"), "arch_config": meta.get("arch_config"),
-                "dataset": meta.get("dataset"), "classes": model.classes, "parameters": model.param_count,
-                "test_metrics": meta.get("test_metrics"), "training": meta.get("training"),
-                "digitlab_version": meta.get("digitlab_version"), "max_upload_bytes": max_upload}
+    info = _model_info(model, max_upload)
 
+    @app.get("/api/model", summary="The model's metadata (file names only, never local paths)")
+    async def model_info() -> dict[str, Any]:
+        return info
+
+    # async: answered on the event loop, never queued behind decodes in the thread pool
     @app.get("/api/health", summary="Liveness")
-    def health() -> dict[str, str]:
+    async def health() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/", include_in_schema=False)
-    def index() -> FileResponse:
+    async def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     return app
 
 
-def run(model_path: str, host: str = "127.0.0.1", port: int = 8000, max_upload: int = MAX_UPLOAD) -> None:
-    import uvicorn
+SETTINGS_ENV = "DIGITLAB_SERVE"  # how run() hands its settings to Granian's worker processes
 
-    app = create_app(model_path, max_upload=max_upload)
-    print(f"digitlab serving {model_path} on http://{host}:{port}/  (API docs: /docs)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+def app_from_env() -> FastAPI:
+    """The app factory each server worker calls: settings from $DIGITLAB_SERVE (JSON, written by run())."""
+    import json
+
+    settings = json.loads(os.environ[SETTINGS_ENV])
+    return create_app(settings.pop("model"), **settings)
+
+
+def _allow_open_files(wanted: int) -> int:
+    """Raise this process's open-file limit towards wanted (within the hard limit); the limit now."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return wanted if soft == resource.RLIM_INFINITY else soft
+
+
+def run(model_path: str, host: str = "127.0.0.1", port: int = 8000, max_upload: int = MAX_UPLOAD,
+        workers: int = 1, allow_hosts: list[str] | None = None, header_timeout: float = HEADER_TIMEOUT_S,
+        body_timeout: float = BODY_TIMEOUT_S) -> None:
+    """Serve the app with Granian until interrupted. Each worker is a process with its own copy of the
+    model and its own decode slots (the cores shared out between workers); allow_hosts adds Host names;
+    header_timeout and body_timeout are seconds (the head's also closes idle keep-alive connections)."""
+    import json
+
+    from granian import Granian
+    from granian.constants import HTTPModes, Interfaces
+    from granian.http import HTTP1Settings
+
+    load(model_path)  # a bad model file is one clear error here, not one per worker
+    hosts = [*LOOPBACK_HOSTS, *(allow_hosts or [])]
+    if host not in ("0.0.0.0", "::", "127.0.0.1", "::1"):
+        hosts.append(f"[{host}]" if ":" in host else host)
+    os.environ[SETTINGS_ENV] = json.dumps({
+        "model": str(Path(model_path).resolve()), "max_upload": max_upload, "allowed_hosts": hosts,
+        "slots": max(1, (os.cpu_count() or 1) // workers), "body_timeout": body_timeout})
+    print(f"digitlab serving {model_path} on http://{host}:{port}/  (API docs: /docs; {workers} worker(s))",
+          flush=True)
+    connections = _allow_open_files(MAX_CONNECTIONS * workers + 256) // workers - 64
+    # backpressure: connections each worker holds open at once; past it, new ones wait in the backlog
+    # (Granian's default, 1,024, let ~1,000 idle sockets lock everyone else out until they time out).
+    Granian("digitlab.serve.app:app_from_env", factory=True, interface=Interfaces.ASGI, address=host, port=port,
+            workers=workers, http=HTTPModes.http1, log_level="warning", backlog=2048,
+            backpressure=max(64, min(MAX_CONNECTIONS, connections)),
+            http1_settings=HTTP1Settings(header_read_timeout=round(header_timeout * 1000),
+                                         max_buffer_size=MAX_HEADER_BYTES)).serve()
