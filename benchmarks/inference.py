@@ -17,9 +17,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _machine import machine_line
 from PIL import Image
 
 from digitlab.data import load_mnist
+from digitlab.errors import DigitlabError
 from digitlab.modelfile import load
 
 
@@ -40,6 +42,7 @@ def bench(model, images: np.ndarray) -> tuple[float, float, float]:
 def main() -> None:
     path = sys.argv[1]
     data = load_mnist()
+    print(machine_line("onnxruntime"))
     print("| backend | batch images/s | single p50 ms | single p95 ms |\n|---|---|---|---|")
     probs = {}
     for backend in ("onnxruntime", "numpy"):
@@ -73,4 +76,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DigitlabError as e:  # no data, a bad model file: the message, not a traceback
+        raise SystemExit(f"inference.py: {e}") from None

@@ -12,7 +12,6 @@ with the table. Needs MNIST via $DIGITLAB_DATA_DIR.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -20,25 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from _machine import machine_line
 
 from digitlab.data import load_mnist
 from digitlab.modelfile import load
 from digitlab.onnx import export_onnx
-
-
-def machine_line() -> str:
-    """CPU model, the ISA flags that matter for int8/bf16 kernels, and the cores this process may use."""
-    model, flags = "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model == "unknown CPU":
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8") if f in flags]
-    return f"{model}; {' '.join(isa) or 'no AVX2'}; {len(os.sched_getaffinity(0))} cores; onnxruntime {ort.__version__}"
 
 
 def session(path: Path, threads: int) -> ort.InferenceSession:
@@ -74,7 +59,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         paths = {"float32": export_onnx(model, Path(d) / "f.onnx"),
                  "int8": export_onnx(model, Path(d) / "q.onnx", int8=True)}
-        print(f"machine: {machine_line()}")
+        print(machine_line("onnxruntime"))
         print(f"model: {args.model} ({model.param_count:,} parameters); files: "
               + ", ".join(f"{k} {p.stat().st_size / 1024:.0f} KB" for k, p in paths.items()))
         accuracy = {}

@@ -15,7 +15,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -25,6 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from _machine import machine_line
 from PIL import Image
 
 from digitlab.data import load_mnist
@@ -51,22 +51,6 @@ local f = assert(io.open("digit.json", "rb")); wrk.body = f:read("*a"); f:close(
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 """ + DONE
-
-
-def machine() -> str:
-    """CPU model, the ISA flags that matter for NumPy/ONNX Runtime kernels, and the core count."""
-    model, flags = platform.processor() or "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    except OSError:
-        pass
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
-    return f"{model}; {' '.join(isa) or 'no AVX2'}; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}"
 
 
 def free_port() -> int:
@@ -125,7 +109,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=20)
-    print(f"machine: {machine()}")
+    print(machine_line("granian", "onnxruntime"))
     print(f"wrk, {args.connections} connections, {args.seconds} s each, {args.workers} worker(s), 127.0.0.1\n")
     print("| request | requests/s | p50 ms | p99 ms | non-2xx | socket errors |\n|---|---|---|---|---|---|")
     for name, r in results.items():

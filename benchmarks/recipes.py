@@ -12,26 +12,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import torch
+from _machine import cpu_name, machine_line
+
+from digitlab.config import config_from_recipe
+from digitlab.data import load_mnist
 from digitlab.errors import DigitlabError
 from digitlab.evaluate import evaluate
-from digitlab.train import config_from_recipe, train
+from digitlab.training import train
 
 
 def machine(device: str = "cpu") -> str:
-    if device == "cuda":
-        import torch
-
-        return torch.cuda.get_device_name(0)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return f"{cpu}, {os.cpu_count()} cores"
+    """The table's machine column: the GPU's name, or the CPU model and cores."""
+    return torch.cuda.get_device_name(0) if device == "cuda" else cpu_name()
 
 
 def main() -> None:
@@ -42,8 +40,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, help="override the recipe's epochs")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                     help="where to train (cuda: the GPU figures, bf16 autocast)")
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="training precision (auto: bf16 where the CPU has it natively, and on GPUs)")
     ap.add_argument("--keep", metavar="DIR", help="keep the trained models in DIR (e.g. to evaluate an ensemble)")
     args = ap.parse_args()
+    print(machine_line(), flush=True)
     runs, models = [], []
     with tempfile.TemporaryDirectory() as tmp:
         if args.keep:
@@ -52,6 +53,7 @@ def main() -> None:
         for seed in args.seeds:
             extra = {"epochs": args.epochs} if args.epochs else {}
             cfg = config_from_recipe(args.recipe, seed=seed, data_dir=args.data_dir, quiet=True, device=args.device,
+                                     precision=args.precision, overwrite=True,
                                      out=str(Path(tmp) / f"{args.recipe}-{seed}.safetensors"), **extra)
             t0 = time.perf_counter()
             model = train(cfg)
@@ -60,31 +62,32 @@ def main() -> None:
             secs = model.metadata["history"]["seconds"]
             acc = model.metadata["test_metrics"]["accuracy"]
             device = model.metadata["training"]["device"]  # what "auto" resolved to
+            precision = model.metadata["training"]["precision"]  # likewise
             runs.append({"seed": seed, "test_accuracy": acc, "seconds_per_epoch": statistics.mean(secs),
                          "train_seconds": sum(secs), "total_seconds": total})
             print(f"seed {seed}: test accuracy {100 * acc:.2f}%  {statistics.mean(secs):.1f} s/epoch  "
                   f"{sum(secs):.0f} s training ({total:.0f} s with data loading and test)", flush=True)
     ensemble = None
     if len(models) > 1:
-        from digitlab.data import load_mnist
-
         data = load_mnist(args.data_dir)
         ensemble = evaluate(models, data.test_images, data.test_labels)[0]["accuracy"]
         print(f"ensemble of the {len(models)} models: test accuracy {100 * ensemble:.2f}%")
     accs = [100 * r["test_accuracy"] for r in runs]
     sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
     spe = statistics.mean(r["seconds_per_epoch"] for r in runs)
-    print("\n| recipe | seeds | test accuracy (mean ± std) | median | s/epoch | training time | machine |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| recipe | seeds | test accuracy (mean ± std) | median | s/epoch | training time | precision | machine |")
+    print("|---|---|---|---|---|---|---|---|")
     print(f"| {args.recipe} | {len(runs)} | {statistics.mean(accs):.2f} ± {sd:.2f}% | "
           f"{statistics.median(accs):.2f}% | {spe:.1f} | {statistics.mean(r['train_seconds'] for r in runs):.0f} s"
-          f" | {machine(device)} |")
+          f" | {precision} | {machine(device)} |")
     # Another device or other epochs than the recipe's must not overwrite the recipe's CPU figures.
     name = (f"recipe-{args.recipe}" + (f"-{args.epochs}ep" if args.epochs else "")
-            + ("-cuda" if device == "cuda" else ""))
+            + ("-cuda" if device == "cuda" else "")
+            + ("" if precision == ("bf16" if device == "cuda" else "fp32") else f"-{precision}"))
     out = Path(__file__).parent / "results" / f"{name}.json"
     out.write_text(json.dumps({"recipe": args.recipe, "epochs_override": args.epochs, "machine": machine(device),
-                               "runs": runs, "ensemble_test_accuracy": ensemble}, indent=2))
+                               "machine_line": machine_line(), "precision": precision, "runs": runs,
+                               "ensemble_test_accuracy": ensemble}, indent=2))
 
 
 if __name__ == "__main__":

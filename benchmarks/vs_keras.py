@@ -21,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _machine import machine_line
+
 TF_ENV = Path.home() / ".cache" / "digitlab" / "bench-tfenv"
 
 # Shared by both sides: read MNIST from the IDX files and time inference the same way.
@@ -83,10 +85,10 @@ report(times, total, float(test_acc), *timing(lambda: model.predict(test_x, batc
 
 DIGITLAB = COMMON + r'''
 import tempfile
-from digitlab.train import train
+import digitlab
 with tempfile.TemporaryDirectory() as d:
     t0 = time.perf_counter()
-    model = train(out=f"{d}/m.safetensors", data_dir=str(DATA), quiet=True)
+    model = digitlab.train(out=f"{d}/m.safetensors", data_dir=str(DATA), quiet=True, precision=sys.argv[2])
     total = time.perf_counter() - t0
 acc = float((model.predict(test_images).argmax(1) == test_labels).mean())
 report(model.metadata["history"]["seconds"], total, acc, *timing(lambda: model.predict(test_images),
@@ -103,11 +105,11 @@ def ensure_tf() -> Path:
     return python
 
 
-def run(python: str, program: str, data: Path) -> dict:
+def run(python: str, program: str, data: Path, precision: str) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(program)
     try:
-        proc = subprocess.run([python, f.name, str(data)], capture_output=True, text=True)
+        proc = subprocess.run([python, f.name, str(data), precision], capture_output=True, text=True)
     finally:
         os.unlink(f.name)
     for line in proc.stdout.splitlines():
@@ -120,6 +122,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--data-dir", default=os.environ.get("DIGITLAB_DATA_DIR"))
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="digitlab's training precision (auto: bf16 where the CPU has it natively)")
     ap.add_argument("--report", action="store_true", help="only print the table of the last run's results")
     args = ap.parse_args()
     if args.report:
@@ -129,10 +133,12 @@ def main() -> None:
         sys.exit("set --data-dir or $DIGITLAB_DATA_DIR to the MNIST IDX files")
     data = Path(args.data_dir).resolve()
     tf_python = ensure_tf()
-    results: dict[str, list[dict]] = {"keras": [], "digitlab": []}
+    machine = machine_line(load_torch=True)
+    print(machine, flush=True)
+    results: dict = {"machine": machine, "precision": args.precision, "keras": [], "digitlab": []}
     for r in range(args.runs):  # alternate, so that drifts in machine load hit both sides alike
         for name, python, program in (("keras", str(tf_python), KERAS), ("digitlab", sys.executable, DIGITLAB)):
-            res = run(python, program, data)
+            res = run(python, program, data, args.precision)
             results[name].append(res)
             print(f"run {r + 1} {name:>8}: {statistics.mean(res['epoch_seconds']):.1f} s/epoch, "
                   f"{100 * res['test_accuracy']:.2f}%", flush=True)
@@ -142,7 +148,7 @@ def main() -> None:
     print_table(results)
 
 
-def print_table(results: dict[str, list[dict]]) -> None:
+def print_table(results: dict) -> None:
     def agg(name: str, key: str) -> float:
         vals = [statistics.mean(x[key]) if isinstance(x[key], list) else x[key] for x in results[name]]
         return statistics.mean(vals)
@@ -152,7 +158,9 @@ def print_table(results: dict[str, list[dict]]) -> None:
             ("batch inference, images/s", "batch_images_per_s", "{:,.0f}"),
             ("single-image latency p50, ms", "latency_ms_p50", "{:.2f}"),
             ("single-image latency p95, ms", "latency_ms_p95", "{:.2f}"), ("peak RSS, MB", "peak_rss_mb", "{:.0f}")]
-    print(f"\n| ({len(results['keras'])} runs each, means) | Keras (tutorial) | digitlab | digitlab / Keras |")
+    print(f"\n{results.get('machine', 'machine: not recorded')}; digitlab precision: "
+          f"{results.get('precision', 'fp32')}")
+    print(f"| ({len(results['keras'])} runs each, means) | Keras (tutorial) | digitlab | digitlab / Keras |")
     print("|---|---|---|---|")
     for label, key, fmt in rows:
         k, d = agg("keras", key), agg("digitlab", key)

@@ -10,26 +10,27 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# The submodule digitlab.train is imported here, before the function of the same name is defined,
-# so that `from digitlab.train import TrainConfig` later cannot replace `digitlab.train` (the
-# function) with the module: Python sets that attribute only when it first loads the submodule.
-from digitlab import train as _train_module  # noqa: E402
-
 if TYPE_CHECKING:
+    from digitlab.config import TrainConfig
     from digitlab.modelfile import DigitModel
-    from digitlab.train import TrainConfig
 
 
 def load(path: str) -> DigitModel:
-    """Load a model file (digitlab .safetensors, or a Keras .h5/.keras of the tutorial's network)."""
-    from digitlab.modelfile import load as _load
+    """Load a model file (digitlab .safetensors, or a Keras .h5/.keras of the tutorial's network).
+    Raises ModelFileError (a DigitlabError) for a missing, truncated, corrupt, foreign or too-new file."""
+    from digitlab.modelfile import load as _load  # here, not above: modelfile imports digitlab itself
 
     return _load(path)
 
 
 def train(config: TrainConfig | None = None, **overrides: Any) -> DigitModel:
-    """Train a model (see digitlab.train.TrainConfig); returns the trained DigitModel."""
-    return _train_module.train(config, **overrides)
+    """Train a model per a digitlab.config.TrainConfig, or a recipe with overrides
+    (`digitlab.train(recipe="fast", seed=1, out="fast.safetensors")`); returns the trained DigitModel.
+    Raises DigitlabError for bad settings, data or output; TrainingInterrupted on a stop signal.
+    See digitlab.training.train."""
+    from digitlab.training import train as _train  # here: torch loads only when training starts
+
+    return _train(config, **overrides)
 
 
 __all__ = ["__version__", "load", "train"]

@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
+import subprocess
 import sys
-from dataclasses import fields
+import typing
 
 from digitlab import __version__
+from digitlab.config import RECIPES, TrainConfig, cli_fields, config_from_recipe, recipe_settings
 from digitlab.errors import DigitlabError
 from digitlab.model import ARCHITECTURES  # plain data (NumPy only): the help lists the names
 from digitlab.serve import MAX_UPLOAD
@@ -22,41 +26,49 @@ def _data_args(p: argparse.ArgumentParser, dataset: bool = True) -> None:
                        help="dataset (default: mnist, or the model's own)")
 
 
+def _train_args(p: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field (help, choices and metavar from its metadata). Every default is
+    None, so that only what the user typed overrides the recipe; the help shows the seed recipe's value."""
+    hints = typing.get_type_hints(TrainConfig)
+    varies = {name for cfg in RECIPES.values() for name, value in recipe_settings(cfg).items()
+              if value != getattr(TrainConfig, name)}
+    for f in cli_fields():
+        meta, kind = f.metadata, _base_type(hints[f.name])
+        value = {False: "off", True: "on"}.get(f.default, f.default) if isinstance(f.default, bool) else f.default
+        shown = "" if f.default is None else f" (default: {value}" + (", or the recipe's)" if f.name in varies
+                                                                            else ")")
+        kw: dict = {"default": None, "help": (meta["help"] + shown).replace("%", "%%")}
+        if kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw.update(type=kind, choices=meta.get("choices"), metavar=meta.get("metavar"))
+        p.add_argument("--" + f.name.replace("_", "-"), **kw)
+
+
+def _base_type(hint) -> type:
+    """int for `int | None`, and so on: the type argparse converts an option's text to."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
 def build_parser() -> argparse.ArgumentParser:
+    # allow_abbrev=False: `--epoch 1` must not pass for `--epochs 1` (nor any other prefix).
     parser = argparse.ArgumentParser(prog="digitlab", description="Train, evaluate, inspect and serve "
-                                     "handwritten-digit recognizers.")
+                                     "handwritten-digit recognizers.", allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"digitlab {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=functools.partial(argparse.ArgumentParser, allow_abbrev=False))
 
     p = sub.add_parser("summary", help="print the model's layers, like Keras's model.summary()")
     p.add_argument("model", nargs="?", help="a model file (default: the tutorial architecture)")
     p.add_argument("--arch", default="tutorial",
                    help=f"architecture when no model is given ({', '.join(ARCHITECTURES)})")
 
-    p = sub.add_parser("train", help="train a model (defaults: the tutorial's recipe)")
-    p.add_argument("--recipe", default="seed", help="seed (the tutorial), fast or best; see `digitlab recipes`")
-    p.add_argument("--arch", help=f"architecture ({', '.join(ARCHITECTURES)})")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--optimizer", choices=["rmsprop", "adam", "sgd"])
-    p.add_argument("--schedule", choices=["constant", "onecycle"])
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--elastic", type=float, metavar="PIXELS",
-                   help="with --augment: elastic distortion of this strength (0 = off)")
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--val-split", type=float, help="fraction of the training set held out for validation")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--limit", type=int, help="train on the first N training images only")
-    p.add_argument("--threads", type=int, help="PyTorch threads (default: one per core)")
-    p.add_argument("--out", help="model file to write (default: model.safetensors)")
-    p.add_argument("--resume", metavar="CHECKPOINT", help="continue an interrupted run from its checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p = sub.add_parser("train", help="train a model (defaults: the tutorial's recipe)",
+                       description="Train a model. A recipe gives the starting settings; options override them.")
+    _train_args(p)
     p.add_argument("--nproc", type=int, default=1,
                    help="data-parallel processes on this machine (launches torchrun; --batch-size is global)")
-    _data_args(p)
 
     sub.add_parser("recipes", help="list the training recipes and their settings")
 
@@ -129,34 +141,29 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
-    import os
+    from digitlab.training import check_output, train
 
+    # Only what the user typed overrides the recipe (every option's default is None).
+    given = {f.name: getattr(args, f.name) for f in cli_fields() if getattr(args, f.name) is not None}
+    config = config_from_recipe(given.pop("recipe", "seed"), **given)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        # A convenience for `torchrun --standalone --nproc-per-node N -m digitlab train ...`.
-        import subprocess
-
+        # A convenience for `torchrun --standalone --nproc-per-node N -m digitlab train ...`. Settings and
+        # output are checked here first: one clear line, rather than one per process and torchrun's report.
+        config.validate()
+        if not config.resume:
+            check_output(config)
         rest = [a for i, a in enumerate(argv) if a != "--nproc" and (i == 0 or argv[i - 1] != "--nproc")
                 and not a.startswith("--nproc=")]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
                "-m", "digitlab", *rest]
         return subprocess.run(cmd).returncode
-    from digitlab.train import TrainConfig, config_from_recipe, train
-
-    # Only what the user typed overrides the recipe (0 is a value: compare by identity, not equality).
-    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
-             if f.name != "recipe" and getattr(args, f.name, None) is not None}
-    train(config_from_recipe(args.recipe, **given))
+    train(config)
     return 0
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    from digitlab.train import RECIPES, config_from_recipe
-
-    for name in RECIPES:
-        cfg = config_from_recipe(name)
-        keys = ("arch", "epochs", "batch_size", "optimizer", "lr", "schedule", "augment", "elastic",
-                "label_smoothing", "weight_decay")
-        print(f"{name:>5}: " + ", ".join(f"{k}={getattr(cfg, k)}" for k in keys))
+    for name, cfg in RECIPES.items():
+        print(f"{name:>5}: " + ", ".join(f"{k}={v}" for k, v in recipe_settings(cfg).items()))
     return 0
 
 
@@ -337,9 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except DigitlabError as e:
         print(f"digitlab: error: {e}", file=sys.stderr)
-        from digitlab.train import TrainingInterrupted
-
-        return 130 if isinstance(e, TrainingInterrupted) else 2
+        return getattr(e, "exit_code", 2)  # 130 for an interrupted training (digitlab.training)
     except KeyboardInterrupt:
         print("digitlab: interrupted", file=sys.stderr)
         return 130

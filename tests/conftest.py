@@ -10,6 +10,19 @@ from pathlib import Path
 import pytest
 
 from digitlab.data import load_mnist
+from digitlab.training import train
+
+# Fixtures that train on the full MNIST training set: every test using one is slow (see below).
+FULL_TRAINING_FIXTURES = {"trained_model_path", "trained_model"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `slow` every test that needs a model trained on all 60,000 images, so that the fast lane
+    (`scripts/test.sh -m "not slow"`) never trains one; tests that train for long themselves carry the
+    marker in their own file."""
+    for item in items:
+        if FULL_TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -30,8 +43,6 @@ def trained_model_path(tmp_path_factory, mnist_dir) -> Path:
     """One real epoch on the full MNIST training set (the `fast` recipe cut to 1 epoch: the tutorial's net, Adam,
     one-cycle), shared by the tests that need a model that recognizes digits (end-to-end accuracy,
     preprocessing, server, browser). One epoch of the `seed` recipe lands anywhere in 97.7-98.4%."""
-    from digitlab.train import train
-
     out = tmp_path_factory.mktemp("trained") / "mnist.safetensors"
     train(recipe="fast", epochs=1, out=str(out), data_dir=str(mnist_dir), quiet=True, seed=0)
     return out
@@ -47,8 +58,6 @@ def trained_model(trained_model_path):
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory, mnist_dir) -> Path:
     """A quick model (2,000 images) for tests that need a valid file, not accuracy."""
-    from digitlab.train import train
-
     out = tmp_path_factory.mktemp("tiny") / "tiny.safetensors"
     train(epochs=1, limit=2000, out=str(out), data_dir=str(mnist_dir), quiet=True)
     return out

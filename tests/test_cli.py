@@ -7,7 +7,7 @@ import json
 import numpy as np
 from PIL import Image, ImageDraw
 
-from digitlab.train import RECIPES
+from digitlab.config import RECIPES, cli_fields
 from tests.conftest import run_cli
 
 
@@ -41,6 +41,34 @@ def test_train_flags_override_the_recipe_both_ways(tmp_path, mnist_dir):
 def test_train_bad_option_is_a_clear_error(tmp_path):
     proc = run_cli("train", "--epochs", "0", "--out", tmp_path / "x.safetensors")
     assert proc.returncode == 2 and "epochs: must be >= 1" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_train_options_are_the_config_fields():
+    text = run_cli("train", "--help", check=True).stdout
+    for f in cli_fields():
+        assert "--" + f.name.replace("_", "-") in text, f.name
+    assert "--stop-after-steps" not in text and "{auto,fp32,bf16}" in text and "--no-augment" in text
+
+
+def test_abbreviated_options_are_refused(tmp_path):
+    """`--epoch 1` once passed for `--epochs 1` and replaced a 5-epoch model."""
+    proc = run_cli("train", "--epoch", "1", "--out", tmp_path / "m.safetensors")
+    assert proc.returncode == 2 and "unrecognized arguments: --epoch" in proc.stderr
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_train_never_replaces_a_model_silently(tmp_path):
+    out = tmp_path / "m.safetensors"
+    out.write_bytes(b"a 5-epoch model")
+    proc = run_cli("train", "--epochs", "1", "--out", out, "--data-dir", tmp_path / "nowhere")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{out} exists; pass --overwrite to replace it" in proc.stderr
+    assert out.read_bytes() == b"a 5-epoch model"
+
+
+def test_train_output_checked_before_training(tmp_path):
+    proc = run_cli("train", "--out", tmp_path, "--data-dir", tmp_path / "nowhere")
+    assert proc.returncode == 2 and "is a folder" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_predict_files_index_and_json(tmp_path, trained_model_path):

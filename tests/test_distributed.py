@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import digitlab
 from tests.conftest import run_cli
 
 
+@pytest.mark.slow  # three processes training 6,000 images each
 def test_two_processes_match_one(tmp_path, mnist_dir):
     common = ["--epochs", "1", "--limit", "6000", "--batch-size", "64", "--seed", "5", "--data-dir", mnist_dir,
               "--threads", "1"]

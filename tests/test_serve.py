@@ -14,11 +14,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
+from digitlab.config import RECIPES
 from digitlab.images import load_image
 from digitlab.model import ARCHITECTURES, count_params
 from digitlab.prepare import prepare
 from digitlab.serve.app import create_app
-from digitlab.train import RECIPES
 from tests.test_images import bomb_png
 
 
