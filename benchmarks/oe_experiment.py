@@ -29,11 +29,14 @@ def main() -> None:
     import torch.nn.functional as F
 
     from digitlab import trust
+    from digitlab.augment import augment_batch
+    from digitlab.config import config_from_recipe, lr_at
     from digitlab.data import load_mnist
     from digitlab.model import ARCHITECTURES, build_torch, numpy_forward
     from digitlab.modelfile import save
     from digitlab.negatives import OE_WEIGHT, negative_batch, oe_loss
-    from digitlab.train import _seed_for, augment_batch, config_from_recipe, lr_at, make_optimizer
+    from digitlab.optim import make_optimizer
+    from digitlab.training import _seed_for
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--recipe", default="fast")
