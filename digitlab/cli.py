@@ -335,9 +335,24 @@ COMMANDS = {"summary": cmd_summary, "recipes": cmd_recipes, "evaluate": cmd_eval
             "export": cmd_export}
 
 
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """Parse argv; an unknown option is reported with the subcommand's own usage and the closest option
+    it has (argparse alone reports it with the top-level usage)."""
+    import difflib
+
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+        options = [o for a in sub._actions for o in a.option_strings]
+        close = difflib.get_close_matches(extra[0].split("=")[0], options, n=1)
+        sub.error(f"unrecognized arguments: {' '.join(extra)}" + (f" (did you mean {close[0]}?)" if close else ""))
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     try:
         if args.command == "train":
             return cmd_train(args, argv)

@@ -172,3 +172,9 @@ def test_bad_model_file_no_traceback(tmp_path):
 def test_missing_data_is_explained(tmp_path, tiny_model_path):
     proc = run_cli("evaluate", tiny_model_path, "--data-dir", tmp_path)
     assert proc.returncode == 2 and "lacks" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_typo_shows_the_subcommands_usage_and_the_closest_option():
+    proc = run_cli("train", "--epochz", "1")
+    assert proc.returncode == 2
+    assert "usage: digitlab train" in proc.stderr and "did you mean --epochs?" in proc.stderr
