@@ -126,11 +126,12 @@ def is_mnist_like(g: np.ndarray) -> bool:
     return g.shape == (28, 28) and bool(mnist_like_batch(g[None])[0])
 
 
-def ink_map(g: np.ndarray) -> tuple[np.ndarray, float]:
+def ink_map(g: np.ndarray, work_side: int = WORK_SIDE) -> tuple[np.ndarray, float]:
     """Ink contrast (float32 0..1, 0 = paper) at a working scale, and that scale (original px per working
-    px). g: grey picture, float32 0..1 on its own range, any polarity, lighting and paper."""
+    px). g: grey picture, float32 0..1 on its own range, any polarity, lighting and paper. work_side: the
+    longest working side in px (a wide picture of several digits needs more than one digit does)."""
     h, w = g.shape
-    scale = max(h, w) / WORK_SIDE if max(h, w) > WORK_SIDE else min(1.0, min(h, w) / SMALL_SIDE)
+    scale = max(h, w) / work_side if max(h, w) > work_side else min(1.0, min(h, w) / SMALL_SIDE)
     if scale > 1:
         g = cv2.resize(g, (max(1, round(w / scale)), max(1, round(h / scale))), interpolation=cv2.INTER_AREA)
     elif scale < 1:  # small pictures (a canvas shrunk to 28x28): enlarged, so a 3x3 step is not a stroke

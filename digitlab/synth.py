@@ -129,3 +129,40 @@ CONDITIONS: dict[str, Callable[[np.ndarray, np.random.Generator], Picture]] = {
     "canvas shrunk to 28x28": _canvas_corner,
     "28x28 dark on light": lambda d, r: 1 - d.astype(np.float32) / 255.0,
 }
+
+
+# Gaps between neighbouring digits' ink, in px at MNIST's 28 px scale (negative: the ink overlaps).
+SPACINGS: dict[str, tuple[int, int]] = {"wide": (6, 14), "narrow": (1, 5), "touching": (-3, 0)}
+
+
+def number_picture(digits: np.ndarray, rng: np.random.Generator, spacing: str = "wide",
+                   scale: tuple[float, float] = (2.0, 3.0)) -> tuple[np.ndarray, list[list[int]]]:
+    """A handwritten number on paper: MNIST digits (uint8 (N, 28, 28), ink bright) side by side with gaps
+    per SPACINGS[spacing] (px at 28 px scale), each digit's size (x0.85-1.15) and baseline (+-2 px)
+    jittered, the line slanted (shear +-0.15), enlarged by a factor in `scale`, dark ink on paper with
+    a light gradient and photo noise. Returns float32 (H, W) grey 0..1 and each digit's ink box
+    [x0, y0, x1, y1] in the picture's pixels (before the slant; x1, y1 exclusive)."""
+    lo, hi = SPACINGS[spacing]
+    strip = np.zeros((48, 40 * len(digits) + 16), np.float32)
+    x, spans = 8, []
+    for d in digits:
+        f = rng.uniform(0.85, 1.15)
+        ink = cv2.resize(d.astype(np.float32) / 255.0, None, fx=f, fy=f, interpolation=cv2.INTER_LINEAR).clip(0, 1)
+        rows, cols = np.flatnonzero(ink.max(axis=1) > 0.1), np.flatnonzero(ink.max(axis=0) > 0.1)
+        ink = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        y = 40 - ink.shape[0] + int(rng.integers(-2, 3))  # the foot of the digit on a jittered baseline
+        region = strip[y:y + ink.shape[0], x:x + ink.shape[1]]
+        np.maximum(region, ink, out=region)
+        spans.append([x, y, x + ink.shape[1], y + ink.shape[0]])
+        x += ink.shape[1] + int(rng.integers(lo, hi + 1))
+    strip = strip[:, :max(s[2] for s in spans) + 8]
+    shear = rng.uniform(-0.15, 0.15)
+    h, w = strip.shape
+    strip = cv2.warpAffine(strip, np.float32([[1, shear, -shear * h / 2], [0, 1, 0]]), (w, h))
+    k = rng.uniform(*scale)
+    size = (round(w * k), round(h * k))
+    cover = cv2.resize(strip, size, interpolation=cv2.INTER_CUBIC).clip(0, 1)
+    paper = rng.uniform(0.75, 0.95) * (1 - rng.uniform(0, 0.25) * np.linspace(0, 1, size[0])[None, :])
+    out = paper * (1 - cover) + rng.uniform(0.05, 0.2) * cover + rng.normal(0, rng.uniform(0.005, 0.03), cover.shape)
+    boxes = [[round(a * k) for a in s] for s in spans]
+    return np.clip(out, 0, 1).astype(np.float32), boxes
