@@ -23,6 +23,14 @@ def load(path: str) -> DigitModel:
     return _load(path)
 
 
+def read(model: DigitModel, picture: Any, source: str = "picture") -> dict[str, Any]:
+    """Read the number (several digits, left to right) in one picture: a PIL image or a NumPy array
+    (H, W) grey or (H, W, 3|4) RGB(A). Returns {"source", "status", "text", "digits"}; see digitlab.reading.read."""
+    from digitlab.reading import read as _read  # here: keeps `import digitlab` light
+
+    return _read(model, picture, source)
+
+
 def train(config: TrainConfig | None = None, **overrides: Any) -> DigitModel:
     """Train a model per a digitlab.config.TrainConfig, or a recipe with overrides
     (`digitlab.train(recipe="fast", seed=1, out="fast.safetensors")`); returns the trained DigitModel.
@@ -33,4 +41,4 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> DigitModel:
     return _train(config, **overrides)
 
 
-__all__ = ["__version__", "load", "train"]
+__all__ = ["__version__", "load", "read", "train"]

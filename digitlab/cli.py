@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON list")
     _data_args(p)
 
+    p = sub.add_parser("read", help="read whole numbers (several digits in one image), left to right")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="image files or folders of images")
+    p.add_argument("--json", action="store_true", help="print a JSON list of records")
+
     p = sub.add_parser("explain", help="where the evidence for each answer lies (attribution maps)")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("sources", nargs="+", metavar="IMAGE", help="image files or folders of images")
@@ -251,6 +256,31 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_read(args: argparse.Namespace) -> int:
+    from digitlab.images import decode, expand_sources
+    from digitlab.modelfile import load
+    from digitlab.reading import read
+
+    model = load(args.model)
+    errors: list[str] = []
+    records = []
+    for path in expand_sources(args.sources, errors):
+        try:
+            records.append(read(model, decode(path), source=str(path)))
+        except DigitlabError as e:
+            errors.append(str(e))
+    for message in errors:
+        print(f"digitlab: error: {_one_line(message)}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(records))
+    else:
+        for r in records:
+            shown = r["text"] or "(no digits)"
+            confidences = " ".join(f"{d['confidence']:.3f}" for d in r["digits"])
+            print(_one_line(f"{r['source']}: {shown}  ({r['status']}{'; ' + confidences if confidences else ''})"))
+    return 1 if errors else 0
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -331,8 +361,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"summary": cmd_summary, "recipes": cmd_recipes, "evaluate": cmd_evaluate, "predict": cmd_predict,
-            "explain": cmd_explain, "show": cmd_show, "serve": cmd_serve, "import-keras": cmd_import_keras,
-            "export": cmd_export}
+            "read": cmd_read, "explain": cmd_explain, "show": cmd_show, "serve": cmd_serve,
+            "import-keras": cmd_import_keras, "export": cmd_export}
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
