@@ -44,7 +44,8 @@ from digitlab.errors import ImageError
 from digitlab.images import load_image
 from digitlab.modelfile import DigitModel, load
 from digitlab.predict import explain_records, predict_records
-from digitlab.prepare import Prepared, prepare
+from digitlab.prepare import prepare
+from digitlab.reading import read
 from digitlab.serve import (
     BODY_TIMEOUT_S,
     HEADER_TIMEOUT_S,
@@ -85,6 +86,20 @@ class Prediction(BaseModel):
     probabilities: list[float] | None = Field(description="over the classes; null when empty")
     marks: int = Field(description="digit-sized marks found in the picture")
     input: list[list[int]] = Field(description="the 28x28 image the model saw, ink bright")
+
+
+class ReadDigit(BaseModel):
+    digit: int = Field(description="the digit's class index")
+    confidence: float = Field(description="the model's probability for it, 0..1")
+    box: list[int] = Field(description="[x0, y0, x1, y1] in the original picture's pixels (x1, y1 exclusive)")
+
+
+class Reading(BaseModel):
+    source: str
+    status: str = Field(description='"ok" | "empty" | "unsure" (a digit below the calibrated threshold; text is '
+                        'still the best reading) | "too_many_marks" (only the first 32 marks, left to right, read)')
+    text: str = Field(description='the digits left to right, with separators "." and "-" where drawn')
+    digits: list[ReadDigit] = Field(description="each digit read, left to right")
 
 
 class ErrorOut(BaseModel):
@@ -170,8 +185,9 @@ class Job:
             if not isinstance(picture, Image.Image) else picture.width * picture.height
 
 
-def _prepare_all(jobs: list[Job], max_pixels: int) -> list[Prepared]:
-    """The 28x28 images for a request's pictures, decoding files within the request's pixel budget."""
+def _prepare_all(jobs: list[Job], max_pixels: int, step: Callable[[Any, str], Any] | None = None) -> list[Any]:
+    """The 28x28 images for a request's pictures, decoding files within the request's pixel budget; with
+    step, step(picture, name) for each decoded picture instead of prepare() (reading numbers)."""
     left, images = max_pixels, []
     for job in jobs:
         if job.data is not None:
@@ -186,7 +202,7 @@ def _prepare_all(jobs: list[Job], max_pixels: int) -> list[Prepared]:
             raise BadInput(422, f"{job.name}: the request's pictures hold more than {max_pixels:,} pixels")
         left -= size
         try:
-            images.append(prepare(_reduced(picture)))
+            images.append(prepare(_reduced(picture)) if step is None else step(picture, job.name))
         except ImageError as e:
             raise BadInput(422, f"{job.name}: {e}") from None
     return images
@@ -204,6 +220,19 @@ def _reduced(picture: Any) -> Any:
         return picture.reduce(factor)
     except ValueError:  # a mode reduce() does not handle: the same box average by resize
         return picture.resize((-(-picture.width // factor), -(-picture.height // factor)), Image.BOX)
+
+
+def _read_reduced(model: DigitModel, picture: Any, name: str) -> dict[str, Any]:
+    """read() on the picture reduced as for prepare (_reduced), its boxes scaled back to the picture's pixels."""
+    small = _reduced(picture)
+    record = read(model, small, name)
+    if small is not picture:
+        fx, fy = picture.width / small.width, picture.height / small.height
+        for d in record["digits"]:
+            x0, y0, x1, y1 = d["box"]
+            d["box"] = [int(x0 * fx), int(y0 * fy), min(picture.width, math.ceil(x1 * fx)),
+                        min(picture.height, math.ceil(y1 * fy))]
+    return record
 
 
 def _form_job(form: BaseModel, prefix: str = "") -> Job:
@@ -413,6 +442,16 @@ def create_app(model: DigitModel | str | Path, max_upload: int = MAX_UPLOAD,
               summary="Recognize one digit and say where the evidence lies (occlusion: 'attribution', 28x28)")
     async def explain(request: Request) -> JSONResponse:
         return JSONResponse((await answer(request, batch=False, explain=True))[0])
+
+    @app.post("/api/read", response_model=Reading, openapi_extra=_body_doc("file", False), responses=RESPONSES,
+              summary="Read a whole number (several digits, left to right): an image file (field 'file') or JSON")
+    async def read_number(request: Request) -> JSONResponse:
+        jobs = await _read_jobs(request, batch=False)
+
+        def work() -> dict[str, Any]:
+            return _prepare_all(jobs, max_request_pixels, lambda picture, name: _read_reduced(model, picture, name))[0]
+
+        return JSONResponse(await app.state.slots.run(jobs[0].pixels > LARGE_PICTURE, work))
 
     info = _model_info(model, max_upload)
 
