@@ -32,7 +32,7 @@ SPLIT_ASPECT = 1.3  # a mark wider than this many heights (MNIST's 99th percenti
 # and so is any mark the model reads below its calibrated threshold
 MAX_PIECE_WIDTH = 1.2  # a piece of a cut mark is at most this many heights wide
 MAX_CUTS_PER_HEIGHT = 3  # candidate cuts per height of a mark's width (bounds the search)
-SPLIT_PENALTY = 1.0  # log-probability each digit of a reading costs: chosen on benchmarks/numbers.py (0, 1, 2)
+SPLIT_PENALTY = 1.0  # log-probability each digit of a reading costs: chosen on benchmarks/read_numbers.py (0, 1, 2)
 # The log of each MNIST digit's ink width / height: mean and standard deviation per class 0..9, measured on
 # the 60,000 training images (ink > 25 of 255).
 ASPECT_LOG_NORMAL = [(-0.10, 0.18), (-0.88, 0.44), (-0.06, 0.20), (-0.21, 0.20), (-0.22, 0.20), (-0.07, 0.24),
