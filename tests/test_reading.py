@@ -152,7 +152,8 @@ def test_touching_digits_are_cut(trained_model, mnist):
         picture, _ = number_picture(mnist.test_images[start:start + 2], rng, "touching")
         r = read(trained_model, picture)
         right += r["text"] == "".join(map(str, mnist.test_labels[start:start + 2]))
-    assert right >= 10, right  # of 20; whole-mark reading (no cuts) gets ~1 in 4 (measured: see README)
+    # Of these 20, the `fast` recipe's 2-epoch model reads 16 right, and 7 with the cuts turned off.
+    assert right >= 11, right
 
 
 def test_a_single_digit_reads_as_predict_reads_it(trained_model, mnist):
