@@ -4,9 +4,15 @@ The same road as one digit (digitlab.prepare): the picture's ink map (ink_map), 
 pieces stacked over one another are one mark, so a 5's detached bar or a broken 4 stays whole; specks are
 dropped), and each digit's ink through MNIST's own recipe (to_28x28) before the model. What is new here:
 
-- Touching digits: a mark wider than a digit is cut at minima of its column projection; whether to cut
-  it (0, 1 or 2 cuts) and where is chosen by the classifier, the reading whose digits' probabilities
-  have the largest product (a small search over the alternatives, not a fixed width rule).
+- Short marks: find_marks() keeps marks at least half the tallest one's height (right for one digit);
+  a line of digits also holds flat ones (a low 2 beside a tall 7), so pieces left out that are 40% of
+  the line's median digit height are read as digits too.
+- Touching digits: a mark wider than SPLIT_ASPECT line heights, or WIDE_MARK times the line's median
+  mark, or read below the model's calibrated threshold, is over-cut at the minima of its column
+  projection; its reading is the chain of pieces (the whole mark among them) with the largest sum of
+  log-probability of each piece's digit plus the log-likelihood of the piece's shape for that digit
+  (ASPECT_LOG_NORMAL, from MNIST), less SPLIT_PENALTY per digit: a small dynamic programme over the
+  alternatives, chosen by the classifier, not a fixed width rule.
 - Separators: a small round mark low in the line is a decimal point or comma, reported as "."; a flat
   mark across the middle is a dash, reported as "-". They appear in `text` only, never in `digits`.
   A slash is as tall as a digit and is read as one (usually "1").
@@ -28,11 +34,13 @@ from digitlab.trust import DEFAULT_CALIBRATION, calibration_of
 MAX_MARKS = 32  # marks read in one picture; more is a page of text, read in part ("too_many_marks")
 DIGIT_PX = 32  # working height wanted for a digit: to_28x28 fits the ink to 20 px, so a little more
 MAX_WORK_SIDE = 4096  # the working scale never exceeds this long side (memory: a float32 map of ~32 MB at most)
-SPLIT_ASPECT = 1.3  # a mark wider than this many heights (MNIST's 99th percentile is 1.43) is cut and searched,
+SPLIT_ASPECT = 1.3  # a mark wider than this many heights (MNIST's 99th percentile: 1.43) is cut and searched,
 # and so is any mark the model reads below its calibrated threshold
+WIDE_MARK = 1.5  # ... and so is a mark this many times wider than the line's median mark
+SHORT_DIGIT = 0.4  # a piece this many times the line's median digit height is a digit, not a separator
 MAX_PIECE_WIDTH = 1.2  # a piece of a cut mark is at most this many heights wide
 MAX_CUTS_PER_HEIGHT = 3  # candidate cuts per height of a mark's width (bounds the search)
-SPLIT_PENALTY = 1.0  # log-probability each digit of a reading costs: chosen on benchmarks/read_numbers.py (0, 1, 2)
+SPLIT_PENALTY = 0.5  # log-probability each digit costs (0, 0.5, 1, 2 tried on benchmarks/read_numbers.py)
 # The log of each MNIST digit's ink width / height: mean and standard deviation per class 0..9, measured on
 # the 60,000 training images (ink > 25 of 255).
 ASPECT_LOG_NORMAL = [(-0.10, 0.18), (-0.88, 0.44), (-0.06, 0.20), (-0.21, 0.20), (-0.22, 0.20), (-0.07, 0.24),
@@ -60,6 +68,8 @@ def read(model: Any, picture: Any, source: str = "picture") -> dict[str, Any]:
                 return _record(model, source, "ok", *_read_mnist(model, candidate), [])
     ink, scale = _ink_at_digit_scale(g)
     marks = find_marks(ink, ink > 0)
+    if marks:
+        marks = sorted(marks + _short_digits(ink, marks), key=lambda m: _union(m)[0])
     status = "ok" if marks else "empty"
     if len(marks) > MAX_MARKS:
         status, marks = "too_many_marks", marks[:MAX_MARKS]
@@ -123,10 +133,11 @@ def _original_box(box: Box, scale: float, w: int, h: int) -> list[int]:
 def _mark_ink(ink: np.ndarray, mark: list[Box]) -> tuple[np.ndarray, Box]:
     """The ink of one mark's pieces (other ink in its box dropped), cropped to the mark, and its box."""
     box = _union(mark)
-    keep = np.zeros(ink.shape, bool)
+    region = ink[box[1]:box[3], box[0]:box[2]]
+    keep = np.zeros(region.shape, bool)
     for x0, y0, x1, y1 in mark:
-        keep[y0:y1, x0:x1] = True
-    return np.where(keep, ink, 0)[box[1]:box[3], box[0]:box[2]], box
+        keep[y0 - box[1]:y1 - box[1], x0 - box[0]:x1 - box[0]] = True
+    return np.where(keep, region, 0), box
 
 
 def _read_marks(model: Any, ink: np.ndarray, marks: list[list[Box]]) -> tuple[list[tuple[int, float]], list[Box]]:
@@ -136,12 +147,14 @@ def _read_marks(model: Any, ink: np.ndarray, marks: list[list[Box]]) -> tuple[li
     product, each digit costing SPLIT_PENALTY more: a small dynamic programme over the alternatives, with
     the mark read whole among them. All the pieces go to the model in one batch."""
     crops = [_mark_ink(ink, m) for m in marks]
+    wide = WIDE_MARK * float(np.median([c.shape[1] for c, _ in crops]))
+    line = float(np.median([c.shape[0] for c, _ in crops]))  # the line's digit height
     wholes = model.predict(np.stack([to_28x28(c) for c, _ in crops]))
     threshold = _msp_threshold(model)
     segments = []  # per mark: its boundaries and the allowed pieces (i, j) between boundaries i < j
     for (crop, _), q in zip(crops, wholes, strict=True):
-        h, w = crop.shape
-        doubt = w > SPLIT_ASPECT * h or float(q.max()) < threshold
+        h, w = max(crop.shape[0], line), crop.shape[1]  # a short mark (a flat 2) is measured by the line
+        doubt = w > SPLIT_ASPECT * h or w > wide or float(q.max()) < threshold
         edges = [0, *(_candidate_cuts(crop) if doubt else []), w]
         pairs = [(i, j) for i in range(len(edges)) for j in range(i + 1, len(edges))
                  if edges[j] - edges[i] <= MAX_PIECE_WIDTH * h or (i, j) == (0, len(edges) - 1)]
@@ -172,7 +185,7 @@ def _piece_score(q: np.ndarray, aspect: float) -> float:
     k = int(q.argmax())
     mu, sd = ASPECT_LOG_NORMAL[k] if len(q) == len(ASPECT_LOG_NORMAL) else (-0.2, 0.3)
     z = (math.log(max(aspect, 1e-3)) - mu) / sd
-    return math.log(max(float(q[k]), 1e-9)) - 0.5 * z * z - math.log(sd)
+    return math.log(max(float(q[k]), 1e-9)) - 0.5 * z * z
 
 
 def _best_chain(n: int, pairs: list[tuple[int, int]], score: Any) -> list[tuple[int, int]]:
@@ -221,27 +234,48 @@ def _piece(crop: np.ndarray, box: Box, offset: int) -> tuple[np.ndarray | None, 
                                box[1] + int(rows[-1]) + 1)
 
 
+def _leftovers(ink: np.ndarray, marks: list[list[Box]]) -> list[tuple[Box, int]]:
+    """The pieces of ink (box, ink pixels) outside every mark, left to right."""
+    import cv2
+
+    unions = [_union(m) for m in marks]
+    _, _, stats, _ = cv2.connectedComponentsWithStats((ink > 0).astype(np.uint8), connectivity=8)
+    pieces = [((int(x), int(y), int(x + bw), int(y + bh)), int(area)) for x, y, bw, bh, area in stats[1:]]
+    return sorted((b, a) for b, a in pieces if not any(_inside(b, u) for u in unions))
+
+
+def _short_digits(ink: np.ndarray, marks: list[list[Box]]) -> list[list[Box]]:
+    """Marks find_marks() leaves out as under half the tallest mark's height, that a line of digits holds
+    (a flat 2 or a small 0 beside a tall 7): pieces outside the marks at least SHORT_DIGIT of the median
+    mark's height and a tenth of its ink box's area; left to right, merged with the marks by read()."""
+    unions = [_union(m) for m in marks]
+    height = float(np.median([u[3] - u[1] for u in unions]))
+    area = float(np.median([(u[2] - u[0]) * (u[3] - u[1]) for u in unions]))
+    return [[b] for b, a in _leftovers(ink, marks)
+            if b[3] - b[1] >= SHORT_DIGIT * height and (b[2] - b[0]) * (b[3] - b[1]) >= 0.1 * area
+            and a >= 0.05 * area]
+
+
 def _separators(ink: np.ndarray, marks: list[list[Box]]) -> list[tuple[str, Box]]:
     """Decimal points or commas (".") and dashes ("-") in the line of marks, with their working boxes:
     pieces of ink outside every mark, sized and placed relative to the digits' line (top, height)."""
-    import cv2
-
     if not marks:
         return []
     unions = [_union(m) for m in marks]
     top = float(np.median([u[1] for u in unions]))
     height = float(np.median([u[3] - u[1] for u in unions]))
-    n, _, stats, _ = cv2.connectedComponentsWithStats((ink > 0).astype(np.uint8), connectivity=8)
     found = []
-    for x, y, bw, bh, area in stats[1:]:
-        x, y, bw, bh, area = int(x), int(y), int(bw), int(bh), int(area)
-        if any(_inside((x, y, x + bw, y + bh), u) for u in unions) or max(bw, bh) < max(2, 0.06 * height):
+    for (x0, y0, x1, y1), area in _leftovers(ink, marks):
+        bw, bh = x1 - x0, y1 - y0
+        if max(bw, bh) < max(2, 0.06 * height):
             continue
-        cy = (y + bh / 2 - top) / height  # 0 at the digits' top, 1 at their foot
-        if bw <= 0.35 * height and bh <= 0.45 * height and cy > 0.65 and area >= 0.3 * bw * bh:
-            found.append((".", (x, y, x + bw, y + bh)))
+        cy = (y0 + bh / 2 - top) / height  # 0 at the digits' top, 1 at their foot
+        apart = all(x1 <= u[0] or x0 >= u[2] for u in unions)  # beside the digits, not a crumb of one
+        if apart and 0.1 * height <= max(bw, bh) and bw <= 0.35 * height and bh <= 0.45 * height and cy > 0.65 \
+                and area >= 0.3 * bw * bh:
+            found.append((".", (x0, y0, x1, y1)))
         elif 0.2 * height <= bw <= 1.2 * height and bh <= 0.3 * height and bw >= 2 * bh and 0.25 < cy < 0.75:
-            found.append(("-", (x, y, x + bw, y + bh)))
+            found.append(("-", (x0, y0, x1, y1)))
     return found
 
 
