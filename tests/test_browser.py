@@ -110,3 +110,18 @@ def test_readable_on_a_phone(page):
         page.screenshot(path=str(SHOTS / "phone.png"), full_page=True)
     finally:
         page.set_viewport_size({"width": 900, "height": 700})
+
+
+def test_number_mode_reads_several_digits_with_boxes(page):
+    """The "Number" mode: a wider pad, the reading posted to /api/read, a box drawn around each digit."""
+    page.check("#number")
+    assert page.evaluate("() => document.getElementById('pad').width") == 840
+    draw(page, [[(x, 0.2), (x, 0.8)] for x in (0.2, 0.5, 0.8)])  # three strokes: "111"
+    page.wait_for_function("document.getElementById('reading').textContent === '111'", timeout=10_000)
+    boxed = page.evaluate("() => { const c = document.getElementById('boxes'); const d = c.getContext('2d')"
+                          ".getImageData(0, 0, c.width, c.height).data; let n = 0;"
+                          " for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }")
+    assert boxed > 100  # the boxes' outlines and labels
+    page.screenshot(path=str(SHOTS / "number-111.png"))
+    page.uncheck("#number")
+    assert page.evaluate("() => document.getElementById('pad').width") == 280
