@@ -257,16 +257,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_read(args: argparse.Namespace) -> int:
-    from digitlab.images import decode, expand_sources
+    from digitlab.images import expand_sources
     from digitlab.modelfile import load
-    from digitlab.reading import read
+    from digitlab.reading import read_file
 
     model = load(args.model)
     errors: list[str] = []
     records = []
     for path in expand_sources(args.sources, errors):
         try:
-            records.append(read(model, decode(path), source=str(path)))
+            records.append(read_file(model, path, source=str(path)))
         except DigitlabError as e:
             errors.append(str(e))
     for message in errors:

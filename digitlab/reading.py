@@ -284,3 +284,47 @@ def _inside(box: Box, mark: Box) -> bool:
     ix = max(0, min(box[2], mark[2]) - max(box[0], mark[0]))
     iy = max(0, min(box[3], mark[3]) - max(box[1], mark[1]))
     return ix * iy >= 0.5 * (box[2] - box[0]) * (box[3] - box[1])
+
+
+def file_size(source: Any) -> tuple[int, int] | None:
+    """The (width, height) an image file (path or bytes) declares, as shown (EXIF rotation applied), or
+    None if its header is unreadable. load_image() decodes big files reduced: read() boxes are mapped
+    back to these pixels with rescale_boxes()."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+                turned = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientations that swap the sides
+                return (im.height, im.width) if turned else (im.width, im.height)
+    except Exception:  # noqa: BLE001 - the decoder reports an unreadable file properly
+        return None
+
+
+def rescale_boxes(record: dict[str, Any], decoded: tuple[int, int], original: tuple[int, int]) -> dict[str, Any]:
+    """record (from read) with its digits' boxes mapped from the decoded picture's pixels (width, height)
+    to the original's, outward; unchanged when the sizes agree."""
+    if decoded == original:
+        return record
+    fx, fy = original[0] / decoded[0], original[1] / decoded[1]
+    for d in record["digits"]:
+        x0, y0, x1, y1 = d["box"]
+        d["box"] = [int(x0 * fx), int(y0 * fy), min(original[0], math.ceil(x1 * fx)),
+                    min(original[1], math.ceil(y1 * fy))]
+    return record
+
+
+def read_file(model: Any, path: Any, source: str | None = None) -> dict[str, Any]:
+    """read() of an image file (path or bytes), decoded as `digitlab predict` decodes it, with the boxes
+    in the file's own pixels. Raises ImageError naming the file for anything unreadable."""
+    from digitlab.images import decode
+
+    name = source or str(path)
+    picture = decode(path, name=name)
+    record = read(model, picture, name)
+    size = file_size(path)
+    return record if size is None else rescale_boxes(record, (picture.shape[1], picture.shape[0]), size)

@@ -208,3 +208,26 @@ def test_api_read_refuses_as_predict_does(client, kw):
     read_answer, predict_answer = client.post("/api/read", **kw), client.post("/api/predict", **kw)
     assert 400 <= read_answer.status_code < 500
     assert (read_answer.status_code, read_answer.json()) == (predict_answer.status_code, predict_answer.json())
+
+
+def test_api_read_boxes_of_a_reduced_picture_are_in_its_own_pixels(client):
+    page = paper(1500, 3000)  # 4.5 MP: the server reduces it before reading (PREPARE_PIXELS)
+    for x in (400, 1200, 2500):
+        bar(page, x, 500, 900, width=30)
+    r = client.post("/api/read", files={"file": ("big.png", png(page), "image/png")})
+    assert r.status_code == 200, r.text
+    for x, d in zip((400, 1200, 2500), r.json()["digits"], strict=True):
+        assert abs(d["box"][0] - (x - 15)) <= 12 and abs(d["box"][2] - (x + 15)) <= 12
+        assert abs(d["box"][1] - 485) <= 20 and abs(d["box"][3] - 915) <= 20
+
+
+def test_cli_read_boxes_of_a_big_file_are_in_its_own_pixels(tiny_model_path, tmp_path):
+    page = paper(1500, 3000)  # decoded reduced (images.DECODE_SIDE): the boxes must come back in the file's
+    for x in (400, 1200, 2500):
+        bar(page, x, 500, 900, width=30)
+    (tmp_path / "big.png").write_bytes(png(page))
+    out = run_cli("read", tiny_model_path, tmp_path / "big.png", "--json", check=True)
+    import json
+
+    for x, d in zip((400, 1200, 2500), json.loads(out.stdout)[0]["digits"], strict=True):
+        assert abs(d["box"][0] - (x - 15)) <= 12 and abs(d["box"][2] - (x + 15)) <= 12

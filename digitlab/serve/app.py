@@ -45,7 +45,7 @@ from digitlab.images import load_image
 from digitlab.modelfile import DigitModel, load
 from digitlab.predict import explain_records, predict_records
 from digitlab.prepare import prepare
-from digitlab.reading import read
+from digitlab.reading import file_size, read, rescale_boxes
 from digitlab.serve import (
     BODY_TIMEOUT_S,
     HEADER_TIMEOUT_S,
@@ -185,9 +185,9 @@ class Job:
             if not isinstance(picture, Image.Image) else picture.width * picture.height
 
 
-def _prepare_all(jobs: list[Job], max_pixels: int, step: Callable[[Any, str], Any] | None = None) -> list[Any]:
+def _prepare_all(jobs: list[Job], max_pixels: int, step: Callable[[Any, Job], Any] | None = None) -> list[Any]:
     """The 28x28 images for a request's pictures, decoding files within the request's pixel budget; with
-    step, step(picture, name) for each decoded picture instead of prepare() (reading numbers)."""
+    step, step(picture, job) for each decoded picture instead of prepare() (reading numbers)."""
     left, images = max_pixels, []
     for job in jobs:
         if job.data is not None:
@@ -202,7 +202,7 @@ def _prepare_all(jobs: list[Job], max_pixels: int, step: Callable[[Any, str], An
             raise BadInput(422, f"{job.name}: the request's pictures hold more than {max_pixels:,} pixels")
         left -= size
         try:
-            images.append(prepare(_reduced(picture)) if step is None else step(picture, job.name))
+            images.append(prepare(_reduced(picture)) if step is None else step(picture, job))
         except ImageError as e:
             raise BadInput(422, f"{job.name}: {e}") from None
     return images
@@ -222,17 +222,16 @@ def _reduced(picture: Any) -> Any:
         return picture.resize((-(-picture.width // factor), -(-picture.height // factor)), Image.BOX)
 
 
-def _read_reduced(model: DigitModel, picture: Any, name: str) -> dict[str, Any]:
-    """read() on the picture reduced as for prepare (_reduced), its boxes scaled back to the picture's pixels."""
+def _read_reduced(model: DigitModel, picture: Any, job: Job) -> dict[str, Any]:
+    """read() on the picture reduced as for prepare (_reduced), its boxes in the sent picture's own pixels
+    (a file's as it declares them: load_image decodes big files reduced)."""
     small = _reduced(picture)
-    record = read(model, small, name)
-    if small is not picture:
-        fx, fy = picture.width / small.width, picture.height / small.height
-        for d in record["digits"]:
-            x0, y0, x1, y1 = d["box"]
-            d["box"] = [int(x0 * fx), int(y0 * fy), min(picture.width, math.ceil(x1 * fx)),
-                        min(picture.height, math.ceil(y1 * fy))]
-    return record
+    record = read(model, small, job.name)
+    size = (np.shape(small)[1], np.shape(small)[0]) if isinstance(small, np.ndarray) else small.size
+    original = file_size(job.data) if job.data is not None else None
+    if original is None:
+        original = picture.size if isinstance(picture, Image.Image) else (np.shape(picture)[1], np.shape(picture)[0])
+    return rescale_boxes(record, size, original)
 
 
 def _form_job(form: BaseModel, prefix: str = "") -> Job:
@@ -449,7 +448,7 @@ def create_app(model: DigitModel | str | Path, max_upload: int = MAX_UPLOAD,
         jobs = await _read_jobs(request, batch=False)
 
         def work() -> dict[str, Any]:
-            return _prepare_all(jobs, max_request_pixels, lambda picture, name: _read_reduced(model, picture, name))[0]
+            return _prepare_all(jobs, max_request_pixels, lambda picture, job: _read_reduced(model, picture, job))[0]
 
         return JSONResponse(await app.state.slots.run(jobs[0].pixels > LARGE_PICTURE, work))
 
