@@ -6,6 +6,7 @@ piece as a confident "1", so those tests are fast; recognition is tested with th
 from __future__ import annotations
 
 import io
+import json
 
 import cv2
 import numpy as np
@@ -227,7 +228,5 @@ def test_cli_read_boxes_of_a_big_file_are_in_its_own_pixels(tiny_model_path, tmp
         bar(page, x, 500, 900, width=30)
     (tmp_path / "big.png").write_bytes(png(page))
     out = run_cli("read", tiny_model_path, tmp_path / "big.png", "--json", check=True)
-    import json
-
     for x, d in zip((400, 1200, 2500), json.loads(out.stdout)[0]["digits"], strict=True):
         assert abs(d["box"][0] - (x - 15)) <= 12 and abs(d["box"][2] - (x + 15)) <= 12
