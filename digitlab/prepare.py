@@ -231,10 +231,14 @@ def _line_family(m: np.ndarray) -> np.ndarray | None:
     profile = cv2.warpAffine(m, np.float32([[1, 0, 0], [t, 1, -t * w / 2]]), (w, h),
                              flags=cv2.INTER_NEAREST).sum(axis=1) / w
     rows = profile >= 0.75
-    # Runs of line rows are lines; each must be thin (under 6% of the picture's height).
+    # Runs of line rows are lines; each must be thin (under 3% of the picture's height: ruled lines and
+    # printed boxes are; a digit's strokes in a tight crop are 5-15%).
     edges = np.flatnonzero(np.diff(np.concatenate([[0], rows.astype(np.int8), [0]])))
-    runs = [(a, b) for a, b in zip(edges[::2], edges[1::2], strict=True) if b - a <= max(2, 0.06 * h)]
-    if len(runs) < 2:
+    runs = [(a, b) for a, b in zip(edges[::2], edges[1::2], strict=True) if b - a <= max(2, 0.03 * h)]
+    # Two lines of a family lie apart (ruled paper: 5% of the picture or more); runs closer than that
+    # are one wavy stroke, such as a 7's bar.
+    apart = sum(1 for (_, b0), (a1, _) in zip(runs, runs[1:], strict=False) if a1 - b0 >= 0.05 * h)
+    if apart < 1:
         return None
     sheared_lines = np.zeros((h, w), np.uint8)
     for a, b in runs:

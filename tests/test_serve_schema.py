@@ -38,13 +38,15 @@ POST, NEG = GenerationMode.POSITIVE, GenerationMode.NEGATIVE  # GETs take no inp
 
 @pytest.mark.parametrize("operation, mode", [("POST /api/predict", POST), ("POST /api/predict", NEG),
                                              ("POST /api/predict/batch", POST), ("POST /api/predict/batch", NEG),
+                                             ("POST /api/explain", POST), ("POST /api/explain", NEG),
                                              ("GET /api/model", POST), ("GET /api/health", POST)])
 def test_api_matches_its_schema(api_schema, operation, mode):
     # (Schemathesis's own pytest fixture loader does not run under pytest 9, so the cases come from its
     # Hypothesis strategy.) Bounded: 15 cases an operation and mode (bodies that fit the schema, and
     # bodies that break it), derandomized so a failure repeats.
     ops = operations(api_schema)
-    assert set(ops) == {"POST /api/predict", "POST /api/predict/batch", "GET /api/model", "GET /api/health"}
+    assert set(ops) == {"POST /api/predict", "POST /api/predict/batch", "POST /api/explain", "GET /api/model",
+                        "GET /api/health"}
 
     @given(case=ops[operation].as_strategy(mode))
     @settings(max_examples=15, deadline=None, derandomize=True, database=None,
