@@ -16,10 +16,11 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 if [ -z "${DIGITLAB_DATA_DIR:-}" ] && [ -d "$ROOT/../shared/mnist" ]; then
   DIGITLAB_DATA_DIR="$(cd "$ROOT/../shared/mnist" && pwd)"
 fi
-if [ -z "${DIGITLAB_DATA_DIR:-}" ]; then
-  echo "tour.sh: set DIGITLAB_DATA_DIR to the folder with the MNIST files (or run without: it downloads them)" >&2
+if [ -n "${DIGITLAB_DATA_DIR:-}" ]; then
+  export DIGITLAB_DATA_DIR
+else
+  echo "tour.sh: no DIGITLAB_DATA_DIR: digitlab looks in its cache, then downloads MNIST" >&2
 fi
-export DIGITLAB_DATA_DIR
 # shellcheck disable=SC1091
 . "$ROOT/.venv/bin/activate"      # the README: ". .venv/bin/activate", then plain `digitlab`
 
