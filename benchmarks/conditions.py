@@ -21,6 +21,7 @@ from _machine import machine_line  # noqa: E402
 
 import digitlab  # noqa: E402
 from digitlab.data import load_mnist  # noqa: E402
+from digitlab.errors import DigitlabError  # noqa: E402
 from digitlab.images import decode  # noqa: E402
 from digitlab.prepare import prepare  # noqa: E402
 from digitlab.synth import CONDITIONS  # noqa: E402
@@ -94,4 +95,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DigitlabError as e:  # no data, a bad model file: the message, not a traceback
+        raise SystemExit(f"conditions.py: {e}") from None

@@ -1,14 +1,16 @@
 """Inference speed of a model file, per backend, and the cold start of `digitlab predict`.
 
-    python benchmarks/inference.py MODEL.safetensors
+    python benchmarks/inference.py MODEL.safetensors [--data-dir DIR]
 
 Batched images/s on the 10,000 test images, single-image in-process latency (median, p95), the
 largest difference between backends, and the wall time of `digitlab predict MODEL one.png` in a fresh
-process (median of 5). Needs MNIST via $DIGITLAB_DATA_DIR.
+process (median of 5). Needs MNIST (--data-dir, else $DIGITLAB_DATA_DIR, else the cache); without it, or
+with a bad model file, it ends with digitlab's message, not a traceback.
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import subprocess
 import sys
@@ -40,8 +42,13 @@ def bench(model, images: np.ndarray) -> tuple[float, float, float]:
 
 
 def main() -> None:
-    path = sys.argv[1]
-    data = load_mnist()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("model", help="a digitlab model file")
+    ap.add_argument("--data-dir", help="MNIST folder (default: $DIGITLAB_DATA_DIR, then the cache)")
+    args = ap.parse_args()
+    path = args.model
+    load(path)  # a bad model file is reported before the test set is read
+    data = load_mnist(args.data_dir)
     print(machine_line("onnxruntime"))
     print("| backend | batch images/s | single p50 ms | single p95 ms |\n|---|---|---|---|")
     probs = {}

@@ -22,6 +22,7 @@ import onnxruntime as ort
 from _machine import machine_line
 
 from digitlab.data import load_mnist
+from digitlab.errors import DigitlabError
 from digitlab.modelfile import load
 from digitlab.onnx import export_onnx
 
@@ -78,4 +79,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DigitlabError as e:  # no data, a bad model file: the message, not a traceback
+        raise SystemExit(f"int8.py: {e}") from None

@@ -28,6 +28,7 @@ from _machine import machine_line
 from PIL import Image
 
 from digitlab.data import load_mnist
+from digitlab.errors import DigitlabError
 
 # Each script's done() prints one JSON line: wrk's own counters and its latency histogram (microseconds).
 DONE = r"""
@@ -120,4 +121,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DigitlabError as e:  # no data, a bad model file: the message, not a traceback
+        raise SystemExit(f"load.py: {e}") from None

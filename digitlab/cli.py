@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import typing
+from collections.abc import Mapping
 
 from digitlab import __version__
 from digitlab.config import RECIPES, TrainConfig, cli_fields, config_from_recipe, recipe_settings
@@ -145,6 +146,17 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def torchrun_env(nproc: int, threads: int | None, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment for `--nproc` processes: environ with OMP_NUM_THREADS set when the user has not set it
+    (to --threads, else this machine's usable cores shared out, at least 1 each). torchrun itself would set 1
+    and print a multi-line banner saying so to every user; an explicit value keeps it quiet."""
+    env = dict(environ)
+    if not env.get("OMP_NUM_THREADS"):
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        env["OMP_NUM_THREADS"] = str(threads or max(1, cores // nproc))
+    return env
+
+
 def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
     from digitlab.training import check_output, train
 
@@ -161,7 +173,7 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
                 and not a.startswith("--nproc=")]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
                "-m", "digitlab", *rest]
-        return subprocess.run(cmd).returncode
+        return subprocess.run(cmd, env=torchrun_env(args.nproc, config.threads, os.environ)).returncode
     train(config)
     return 0
 

@@ -13,7 +13,7 @@ class ModelFileError(DigitlabError):
     """A model file is missing, truncated, corrupt, foreign or too new."""
 
 
-class ImageError(DigitlabError):
+class ImageError(DigitlabError, ValueError):
     """An image could not be read or is not acceptable.
 
     kind: "not_image" (no decoder recognises it), "corrupt" (a decoder rejected it) or "too_large"."""

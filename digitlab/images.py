@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 from typing import IO, Any
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -185,11 +186,15 @@ def _pil_grey(im: Image.Image) -> np.ndarray:
     if im.mode == "LAB":  # CIE L*a*b*: the L channel is the lightness
         return np.asarray(im.getchannel(0), dtype=np.float32) / 255.0
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
-        return _composite(rgba[..., :3] @ LUMA, rgba[..., 3])
+        rgba = im.convert("RGBA")
+        if rgba.getchannel("A").getextrema()[0] >= 250:  # opaque after all (most canvases): luminance only
+            return np.asarray(rgba.convert("L"), dtype=np.float32) * np.float32(1 / 255)
+        a = np.asarray(rgba)
+        lum = cv2.cvtColor(a, cv2.COLOR_RGBA2GRAY).astype(np.float32) * np.float32(1 / 255)
+        return _composite(lum, a[..., 3].astype(np.float32) * np.float32(1 / 255))
     if im.mode not in ("L", "RGB", "P", "1", "CMYK", "YCbCr"):
         im = im.convert("RGB")  # HSV and the rest
-    return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+    return np.asarray(im.convert("L"), dtype=np.float32) * np.float32(1 / 255)
 
 
 def _full_scale(top: float, sbit: int | None) -> float:

@@ -68,20 +68,41 @@ def confusion_png(confusion: Sequence[Sequence[int]], classes: Sequence[str], pa
     return _save(fig, path)
 
 
-def misclassified_png(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, classes: Sequence[str],
-                      path: str | Path, limit: int = 64) -> Path:
-    """A grid of the misclassified test digits (most confident mistakes first), true -> predicted."""
-    plt = _figure()
+def misclassified_tiles(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str],
+                        limit: int = 64) -> tuple[str, list[tuple[int, str]]]:
+    """What misclassified.png shows: its title and, most confident mistakes first, one (image index, tile
+    label) per tile shown. labels: (N,) int class indices; probs: (N, classes) probabilities. The title
+    says how many are shown of how many (e.g. "64 of 93 misclassified"); a tile's label gives the image's
+    index (in the test set, or in the list of the --images folder), true -> predicted digit and the
+    predicted class's probability."""
     predicted = probs.argmax(1)
     wrong = np.nonzero(predicted != labels)[0]
-    wrong = wrong[np.argsort(-probs[wrong, predicted[wrong]])][:limit]
+    shown = wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")][:limit]
+    if len(shown) < len(wrong):
+        title = f"{len(shown)} of {len(wrong)} misclassified, most confident first"
+    else:
+        title = f"{len(wrong)} misclassified, most confident first"
+    tiles = [(int(i), f"#{i}\n{classes[labels[i]]}→{classes[predicted[i]]} {probs[i, predicted[i]]:.2f}")
+             for i in shown]
+    return title, tiles
+
+
+def misclassified_png(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, classes: Sequence[str],
+                      path: str | Path, limit: int = 64) -> Path:
+    """A grid of the misclassified digits (images: (N, 28, 28) uint8), laid out by misclassified_tiles:
+    each tile labelled "#index" over "true→predicted confidence"."""
+    plt = _figure()
+    title, tiles = misclassified_tiles(labels, probs, classes, limit)
     cols = 8
-    nrows = max(1, -(-len(wrong) // cols))
-    fig, axes = plt.subplots(nrows, cols, figsize=(cols * 1.3, nrows * 1.5), squeeze=False)
+    nrows = max(1, -(-len(tiles) // cols))
+    # Constrained layout puts the title right above the first row, whatever the number of rows
+    # (a fixed suptitle position left a gap that grew as the grid shrank).
+    fig, axes = plt.subplots(nrows, cols, figsize=(cols * 1.1, 0.5 + nrows * 1.45), squeeze=False,
+                             layout="constrained")
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, i in zip(axes.ravel(), wrong, strict=False):
+    for ax, (i, label) in zip(axes.ravel(), tiles, strict=False):
         ax.imshow(images[i], cmap="Greys")
-        ax.set_title(f"{classes[labels[i]]}→{classes[predicted[i]]} ({probs[i, predicted[i]]:.2f})", fontsize=7)
-    fig.suptitle(f"{len(np.nonzero(predicted != labels)[0])} misclassified (true→predicted, confidence)")
+        ax.set_title(label, fontsize=7, linespacing=1.1)
+    fig.suptitle(f"{title}\n(#index, true→predicted, confidence)", fontsize=10)
     return _save(fig, path)

@@ -32,6 +32,7 @@ from digitlab.prepare import check_2d, find_marks, ink_map, is_mnist_like, to_28
 from digitlab.trust import DEFAULT_CALIBRATION, calibration_of
 
 MAX_MARKS = 32  # marks read in one picture; more is a page of text, read in part ("too_many_marks")
+READ_SIDE = 256  # the first working long side for a number (a line of ~6 digits gets ~30 px each)
 DIGIT_PX = 32  # working height wanted for a digit: to_28x28 fits the ink to 20 px, so a little more
 MAX_WORK_SIDE = 4096  # the working scale never exceeds this long side (memory: a float32 map of ~32 MB at most)
 SPLIT_ASPECT = 1.3  # a mark wider than this many heights (MNIST's 99th percentile: 1.43) is cut and searched,
@@ -106,9 +107,10 @@ def _read_mnist(model: Any, g: np.ndarray) -> tuple[list[tuple[int, float]], lis
 
 
 def _ink_at_digit_scale(g: np.ndarray) -> tuple[np.ndarray, float]:
-    """ink_map at a working scale where the digits are about DIGIT_PX tall: prepare()'s WORK_SIDE gives a
-    wide number too few pixels per digit, so a picture shrunk to it is mapped again, less shrunk."""
-    ink, scale = ink_map(g)
+    """ink_map at a working scale where the digits are about DIGIT_PX tall: first at a long side of
+    READ_SIDE (prepare()'s WORK_SIDE is for one digit: a wide number would get too few pixels per digit),
+    and a picture whose digits are still under DIGIT_PX there is mapped again, less shrunk."""
+    ink, scale = ink_map(g, work_side=READ_SIDE)
     marks = find_marks(ink, ink > 0)
     if not marks or scale <= 1:
         return ink, scale

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,39 +24,59 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(trained_model_path):
+@contextlib.contextmanager
+def serving(model: Path) -> Iterator[str]:
+    """`digitlab serve MODEL` on a free loopback port, for the duration: yields its URL ("http://127.0.0.1:N/")."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "digitlab", "serve", str(trained_model_path), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "digitlab", "serve", str(model), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(url + "api/health", timeout=1)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError(proc.stdout.read().decode()) from None
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(url + "api/health", timeout=1)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError(proc.stdout.read().decode()) from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def server(trained_model_path):
+    with serving(trained_model_path) as url:
+        yield url
+
+
+def launch(playwright):
+    """Debian's Chromium (Playwright must not download one), headless, with no traffic of its own."""
     if not CHROMIUM.exists():
         pytest.fail("Debian's chromium is not installed: run scripts/setup.sh as root (apt-get install chromium)")
+    return playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"])
+
+
+@pytest.fixture(scope="module")
+def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        page = browser.new_page(viewport={"width": 900, "height": 700})
-        page.goto(server)
-        yield page
+        browser = launch(p)
+        yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(server, browser):
+    page = browser.new_page(viewport={"width": 900, "height": 700})
+    page.goto(server)
+    yield page
+    page.close()
 
 
 def draw(page, strokes: list[list[tuple[float, float]]]) -> None:
@@ -76,9 +98,25 @@ def shown_digit(page, expected: str) -> str:
     return page.locator("#digit").text_content()
 
 
+def settle(page) -> None:
+    """Wait until the page's CSS transitions (the probability bars grow over 0.15 s) have finished."""
+    page.wait_for_function("document.getAnimations().length === 0", timeout=10_000)
+
+
+def bar_fractions(page) -> list[tuple[float, float]]:
+    """Per digit: (drawn width of its bar / the bar's full width, the percentage printed beside it / 100)."""
+    return page.evaluate("""() => [...Array(10).keys()].map(d => {
+        const bar = document.getElementById('bar' + d);
+        return [bar.firstElementChild.getBoundingClientRect().width / bar.getBoundingClientRect().width,
+                parseFloat(document.getElementById('p' + d).textContent) / 100]; })""")
+
+
+SEVEN = [[(0.25, 0.2), (0.75, 0.2), (0.45, 0.85)]]  # also the 7 of docs/page.png (scripts/screenshot.py)
+
+
 @pytest.mark.parametrize("digit, strokes", [
     ("1", [[(0.5, 0.15), (0.5, 0.85)]]),
-    ("7", [[(0.25, 0.2), (0.75, 0.2), (0.45, 0.85)]]),
+    ("7", SEVEN),
 ])
 def test_draw_digit(page, digit, strokes):
     page.click("#clear")
@@ -92,6 +130,10 @@ def test_draw_digit(page, digit, strokes):
                         ".getImageData(0, 0, 28, 28).data; let n = 0; for (let i = 0; i < d.length; i += 4)"
                         " if (d[i] > 128) n++; return n; }")
     assert lit > 10
+    # Once the bars have settled, each is as long as the probability printed beside it (so is a screenshot).
+    settle(page)
+    for drawn, printed in bar_fractions(page):
+        assert abs(drawn - printed) < 0.01, (drawn, printed)
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"drawn-{digit}.png"))
 
@@ -110,6 +152,27 @@ def test_readable_on_a_phone(page):
         page.screenshot(path=str(SHOTS / "phone.png"), full_page=True)
     finally:
         page.set_viewport_size({"width": 900, "height": 700})
+
+
+def test_api_docs_render_offline(server, browser):
+    """/docs is Swagger UI served by the app itself (fastapi-offline): it renders, lists the operations, and
+    no request leaves 127.0.0.1 (a CDN asset would leave the page blank offline)."""
+    page = browser.new_page(viewport={"width": 1000, "height": 900})
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    try:
+        page.goto(server + "docs")
+        page.wait_for_selector('.opblock-summary-path[data-path="/api/predict"]', timeout=15_000)
+        assert page.locator(".opblock").count() >= 3
+        assert page.locator(".info .title").first.text_content().startswith("digitlab")
+        local = server.rstrip("/")
+        outside = [u for u in requests if not (u.startswith(local + "/") or u.startswith(("data:", "blob:")))]
+        assert not outside, outside
+        assert any(u.endswith(".js") for u in requests)  # the assets came from the server itself
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / "docs.png"))
+    finally:
+        page.close()
 
 
 def test_number_mode_reads_several_digits_with_boxes(page):

@@ -178,3 +178,11 @@ def test_typo_shows_the_subcommands_usage_and_the_closest_option():
     proc = run_cli("train", "--epochz", "1")
     assert proc.returncode == 2
     assert "usage: digitlab train" in proc.stderr and "did you mean --epochs?" in proc.stderr
+
+
+def test_torchrun_env_sets_threads_only_when_unset():
+    from digitlab.cli import torchrun_env
+
+    assert torchrun_env(2, 3, {"PATH": "/bin"}) == {"PATH": "/bin", "OMP_NUM_THREADS": "3"}
+    assert int(torchrun_env(2, None, {})["OMP_NUM_THREADS"]) >= 1
+    assert torchrun_env(2, None, {"OMP_NUM_THREADS": "5"})["OMP_NUM_THREADS"] == "5"  # the user's choice stays

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -27,3 +29,14 @@ def test_two_processes_match_one(tmp_path, mnist_dir):
     diff = max(float(np.abs(a.weights[k] - b.weights[k]).max()) for k in a.weights)
     assert diff < 0.05, diff
     assert not list(tmp_path.glob("*.ckpt.safetensors"))
+
+
+@pytest.mark.slow  # launches two training processes
+def test_nproc_prints_no_torchrun_thread_banner(tmp_path, mnist_dir):
+    """torchrun warns about OMP_NUM_THREADS in a multi-line banner when it is unset; --nproc sets it."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    proc = run_cli("train", "--epochs", "1", "--limit", "256", "--data-dir", mnist_dir, "--nproc", "2",
+                   "--out", tmp_path / "m.safetensors", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "OMP_NUM_THREADS" not in proc.stdout + proc.stderr
+    assert "*****" not in proc.stderr

@@ -118,7 +118,7 @@ def test_tightly_cropped_digits_are_not_taken_for_frames(mnist, monkeypatch):
     with_removal = [to_mnist(c) for c in crops]
     monkeypatch.setattr(prep, "_drop_lines", lambda contrast, t: contrast)
     changed = sum(not np.array_equal(a, to_mnist(c)) for a, c in zip(with_removal, crops, strict=True))
-    assert changed <= 3, changed
+    assert changed <= len(crops) // 100, changed  # at most 1% of tight crops touched at all
 
 
 def test_output_is_centred_and_fits_20x20():

@@ -39,6 +39,7 @@ POST, NEG = GenerationMode.POSITIVE, GenerationMode.NEGATIVE  # GETs take no inp
 @pytest.mark.parametrize("operation, mode", [("POST /api/predict", POST), ("POST /api/predict", NEG),
                                              ("POST /api/predict/batch", POST), ("POST /api/predict/batch", NEG),
                                              ("POST /api/read", POST), ("POST /api/read", NEG),
+                                             ("POST /api/explain", POST), ("POST /api/explain", NEG),
                                              ("GET /api/model", POST), ("GET /api/health", POST)])
 def test_api_matches_its_schema(api_schema, operation, mode):
     # (Schemathesis's own pytest fixture loader does not run under pytest 9, so the cases come from its

@@ -88,6 +88,12 @@ class Prediction(BaseModel):
     input: list[list[int]] = Field(description="the 28x28 image the model saw, ink bright")
 
 
+class Explanation(Prediction):
+    method: str = Field(description='"occlusion"')
+    attribution: list[list[float]] | None = Field(
+        description="28x28: evidence for the answer (positive) and against it (negative); null when empty")
+
+
 class ReadDigit(BaseModel):
     digit: int = Field(description="the digit's class index")
     confidence: float = Field(description="the model's probability for it, 0..1")
@@ -437,7 +443,7 @@ def create_app(model: DigitModel | str | Path, max_upload: int = MAX_UPLOAD,
     async def predict_batch(request: Request) -> JSONResponse:
         return JSONResponse(await answer(request, batch=True))
 
-    @app.post("/api/explain", openapi_extra=_body_doc("file", False), responses=RESPONSES,
+    @app.post("/api/explain", response_model=Explanation, openapi_extra=_body_doc("file", False), responses=RESPONSES,
               summary="Recognize one digit and say where the evidence lies (occlusion: 'attribution', 28x28)")
     async def explain(request: Request) -> JSONResponse:
         return JSONResponse((await answer(request, batch=False, explain=True))[0])

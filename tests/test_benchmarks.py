@@ -1,0 +1,39 @@
+"""The benchmark scripts, run as the README writes them, end with a clear message rather than a traceback
+when the data or the model is missing (they are not otherwise run by the suite: they take minutes)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_benchmark(script: str, *args: str, home: Path) -> subprocess.CompletedProcess:
+    """The script in a fresh process with no MNIST anywhere: no $DIGITLAB_DATA_DIR, an empty home (no cache,
+    no Keras copy) and a mirror that refuses at once (no waiting on the network)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DIGITLAB_DATA_DIR", "KERAS_HOME")}
+    env.update(HOME=str(home), DIGITLAB_MIRRORS="http://127.0.0.1:9/", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True,
+                          text=True, env=env, timeout=120, cwd=home)
+
+
+@pytest.mark.parametrize("script", ["inference.py", "int8.py", "load.py", "conditions.py"])
+def test_without_data_a_message_not_a_traceback(tmp_path, tiny_model_path, script):
+    proc = run_benchmark(script, str(tiny_model_path), home=tmp_path)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "not available offline" in last and "DIGITLAB_DATA_DIR" in last, proc.stderr
+
+
+def test_inference_missing_model_or_argument(tmp_path):
+    proc = run_benchmark("inference.py", "mnist.safetensors", home=tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "mnist.safetensors" in proc.stderr.strip().splitlines()[-1]
+    proc = run_benchmark("inference.py", home=tmp_path)
+    assert proc.returncode == 2 and "usage: inference.py" in proc.stderr and "Traceback" not in proc.stderr
