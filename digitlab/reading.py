@@ -144,38 +144,46 @@ def _mark_ink(ink: np.ndarray, mark: list[Box]) -> tuple[np.ndarray, Box]:
 
 def _read_marks(model: Any, ink: np.ndarray, marks: list[list[Box]]) -> tuple[list[tuple[int, float]], list[Box]]:
     """The digits in the marks, left to right: (digit, probability) and each digit's working-scale box.
-    A mark wider than a digit is over-cut at its candidate cuts, and the reading of it is the chain of
-    pieces (each at most MAX_PIECE_WIDTH heights wide) whose digits' probabilities have the largest
-    product, each digit costing SPLIT_PENALTY more: a small dynamic programme over the alternatives, with
-    the mark read whole among them. All the pieces go to the model in one batch."""
+    Every mark is read whole first; one in doubt (wider than a digit, or read below the calibrated
+    threshold) is over-cut at its candidate cuts, and its reading is the chain of pieces (the whole mark
+    among them) with the best _piece_score sum, less SPLIT_PENALTY per digit. The pieces of all the
+    marks in doubt go to the model in one batch."""
     crops = [_mark_ink(ink, m) for m in marks]
     wide = WIDE_MARK * float(np.median([c.shape[1] for c, _ in crops]))
     line = float(np.median([c.shape[0] for c, _ in crops]))  # the line's digit height
     wholes = model.predict(np.stack([to_28x28(c) for c, _ in crops]))
     threshold = _msp_threshold(model)
-    segments = []  # per mark: its boundaries and the allowed pieces (i, j) between boundaries i < j
-    for (crop, _), q in zip(crops, wholes, strict=True):
+    segments = {}  # per mark in doubt: its boundaries and the allowed pieces (i, j) between boundaries i < j
+    for m, ((crop, _), q) in enumerate(zip(crops, wholes, strict=True)):
         h, w = max(crop.shape[0], line), crop.shape[1]  # a short mark (a flat 2) is measured by the line
-        doubt = w > SPLIT_ASPECT * h or w > wide or float(q.max()) < threshold
-        edges = [0, *(_candidate_cuts(crop) if doubt else []), w]
-        pairs = [(i, j) for i in range(len(edges)) for j in range(i + 1, len(edges))
-                 if edges[j] - edges[i] <= MAX_PIECE_WIDTH * h or (i, j) == (0, len(edges) - 1)]
-        segments.append((edges, pairs))
+        if w > SPLIT_ASPECT * h or w > wide or float(q.max()) < threshold:
+            edges = [0, *_candidate_cuts(crop), w]
+            segments[m] = (edges, [(i, j) for i in range(len(edges)) for j in range(i + 1, len(edges))
+                                   if edges[j] - edges[i] <= MAX_PIECE_WIDTH * h and (i, j) != (0, len(edges) - 1)])
     images, where = [], {}
-    for m, (edges, pairs) in enumerate(segments):
+    for m, (edges, pairs) in segments.items():
+        (crop, box), n = crops[m], len(edges) - 1
+        where[(m, 0, n)] = (wholes[m], box, crop.shape[1] / crop.shape[0])  # the whole mark, read above
         for i, j in pairs:
-            image, box = _piece(crops[m][0][:, edges[i]:edges[j]], crops[m][1], edges[i])
+            image, (x0, y0, x1, y1) = _piece(crop[:, edges[i]:edges[j]], box, edges[i])
             if image is not None:
-                where[(m, i, j)] = (len(images), box, (box[2] - box[0]) / (box[3] - box[1]))
+                where[(m, i, j)] = (len(images), (x0, y0, x1, y1), (x1 - x0) / (y1 - y0))
                 images.append(image)
-    probs = model.predict(np.stack(images)) if images else np.zeros((0, 10), np.float32)
+    probs = model.predict(np.stack(images)) if images else np.zeros((0, len(model.classes)), np.float32)
+    found = {k: (v[0] if isinstance(v[0], np.ndarray) else probs[v[0]], v[1], v[2]) for k, v in where.items()}
     digits, boxes = [], []
-    for m, (edges, pairs) in enumerate(segments):
-        for i, j in _best_chain(len(edges), [(i, j) for i, j in pairs if (m, i, j) in where],
-                                lambda i, j, m=m: _piece_score(probs[where[(m, i, j)][0]], where[(m, i, j)][2])):
-            k, box, _ = where[(m, i, j)]
-            digits.append((int(probs[k].argmax()), float(probs[k].max())))
-            boxes.append(box)
+    for m, (_, box) in enumerate(crops):
+        if m not in segments:
+            chain = [(wholes[m], box)]
+        else:
+            edges, pairs = segments[m]
+            allowed = [(i, j) for i, j in [*pairs, (0, len(edges) - 1)] if (m, i, j) in found]
+            best = _best_chain(len(edges), allowed, lambda i, j, m=m: _piece_score(found[(m, i, j)][0],
+                                                                                  found[(m, i, j)][2]))
+            chain = [found[(m, i, j)][:2] for i, j in best]
+        for q, b in chain:
+            digits.append((int(q.argmax()), float(q.max())))
+            boxes.append(b)
     return digits, boxes
 
 
