@@ -153,7 +153,7 @@ def test_touching_digits_are_cut(trained_model, mnist):
         picture, _ = number_picture(mnist.test_images[start:start + 2], rng, "touching")
         r = read(trained_model, picture)
         right += r["text"] == "".join(map(str, mnist.test_labels[start:start + 2]))
-    # Of these 20, the `fast` recipe's 2-epoch model reads 16 right, and 7 with the cuts turned off.
+    # Of these 20, the `fast` recipe's 2-epoch model reads 14 right, and 7 with the cuts turned off.
     assert right >= 11, right
 
 
