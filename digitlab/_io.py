@@ -40,6 +40,9 @@ def atomic_write_bytes(target: str | os.PathLike, payload: bytes) -> Path:
     The file gets the usual permissions (0666 less the umask, 0644 normally), not mkstemp's 0600.
     Raises OSError (folder not writable, disk full); target is then left as it was."""
     target = Path(target)
+    if target.is_symlink() or (target.exists() and not target.is_file()):
+        kind = "a folder" if target.is_dir() else "a link" if target.is_symlink() else "not a regular file"
+        raise FileExistsError(f"{target}: is {kind}; expected a file name to write (nothing was written)")
     target.parent.mkdir(parents=True, exist_ok=True)
     _clear_stale_parts(target.parent, target.name)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")

@@ -392,7 +392,14 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"digitlab: warning: {_one_line(str(message))}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.formatwarning = _one_line_warning  # one line, like the errors: no source line from our code
     argv = sys.argv[1:] if argv is None else argv
     args = _parse(argv)
     try:
@@ -407,3 +414,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as e:  # a file we were told to write or read: the system's own words, on one line
+        print(f"digitlab: error: {_one_line(str(e))}", file=sys.stderr)
+        return 2

@@ -27,7 +27,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 # by the decoder itself (draft mode) for almost nothing; other formats decode whole, so they are held
 # to what fits in memory: MAX_DECODED_BYTES of decoded pixels.
 MAX_PIXELS = 250_000_000
-MAX_DECODED_BYTES = 256 * 2**20
+MAX_DECODED_BYTES = 128 * 2**20  # (decoding and conversion take about 3x this at their peak)
 DECODE_SIDE = 1024  # decode big pictures to a long side of at least this; prepare works at 512
 Image.MAX_IMAGE_PIXELS = None  # our own limits below replace Pillow's warning-then-error heuristics
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as Pillow's convert("L")
@@ -54,7 +54,7 @@ def load_image(source: str | os.PathLike | bytes | IO[bytes], name: str | None =
             _check_size(im, label, max_pixels)
             im.load()
             if max(im.size) > 2 * DECODE_SIDE:
-                im = im.reduce(max(1, int(max(im.size) / DECODE_SIDE)))
+                im = _reduced(im, max(1, int(max(im.size) / DECODE_SIDE)))
             im = ImageOps.exif_transpose(im)
     except ImageError:
         raise
@@ -71,6 +71,20 @@ def load_image(source: str | os.PathLike | bytes | IO[bytes], name: str | None =
         raise ImageError(f"{label}: cannot decode image ({e})") from None
     im.info.setdefault("digitlab_sbit", _png_sbit(source))
     return im
+
+
+def _reduced(im: Image.Image, factor: int) -> Image.Image:
+    """im box-averaged by factor. Pillow's reduce() refuses bilevel, palette and 16-bit modes (fax TIFFs,
+    palette PNGs, 16-bit scans): those are widened first to a mode it takes, keeping their values."""
+    if im.mode == "1":
+        im = im.convert("L")
+    elif im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif im.mode.startswith("I;16"):
+        info = im.info
+        im = im.convert("I")
+        im.info.update(info)  # keep the sBIT read from the file
+    return im.reduce(factor)
 
 
 def _draft(im: Image.Image, max_pixels: int) -> None:
@@ -244,6 +258,11 @@ def expand_sources(sources: list[str], errors: list[str] | None = None) -> list[
     for s in sources:
         p = Path(s)
         wanted = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
+        if p.is_dir() and not wanted:
+            why = f"{p}: a folder with no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
+            if errors is None:
+                raise ImageError(why)
+            errors.append(why)
         for q in wanted:
             why = _not_a_file(q)
             if why is None:

@@ -38,6 +38,7 @@ from digitlab.images import IMAGE_SUFFIXES, decode, expand_sources, grey
 cv2.setNumThreads(1)  # pictures here are small: threads cost more than they give, and servers run several
 
 WORK_SIDE = 128  # marks are found at a long side of at most this (a digit needs ~20 px; small ones are redone finer)
+BIG_ARRAY = 4_000_000  # arrays over this many pixels are shrunk before anything else (a 2000x2000 is plenty)
 SMALL_SIDE = 112  # ... and pictures whose short side is under this many are enlarged to it
 MIN_CONTRAST = 0.12  # ink must differ from its paper by 12% of the paper's brightness (readable ink: 30-95%)
 MIN_SNR = 6.0  # ... and by 6 times the picture's own noise (robust standard deviation)
@@ -67,7 +68,7 @@ def prepare(picture: Any) -> Prepared:
     picture: a PIL image, or a NumPy array (H, W) grey or (H, W, 3|4) RGB(A), uint8 0..255 or float 0..1.
     Returns a Prepared record (see its docstring). Raises ImageError for a picture that is not 2-D or
     holds NaN/infinite values."""
-    g = grey(picture)
+    g = grey(_bounded(picture))
     for candidate in (g, 1.0 - g) if g.shape == (28, 28) else ():  # MNIST-like, either polarity
         if is_mnist_like(candidate):
             image = np.clip(candidate * 255.0, 0, 255).round().astype(np.uint8)
@@ -111,6 +112,20 @@ def _finer_crop(g: np.ndarray, box: tuple[int, int, int, int], scale: float) -> 
     return _kept_ink(ink, pieces)
 
 
+def _bounded(picture: Any) -> Any:
+    """An array picture of more than BIG_ARRAY pixels, box-averaged in its own dtype first: its float copy
+    would otherwise take gigabytes (files are bounded when decoded, arrays arrive as they are)."""
+    if not isinstance(picture, np.ndarray) or picture.ndim not in (2, 3) \
+            or picture.shape[0] * picture.shape[1] <= BIG_ARRAY:
+        return picture
+    a = picture.astype(np.uint8) if picture.dtype == bool else picture
+    if a.dtype not in (np.uint8, np.uint16, np.float32, np.float64) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
+        return picture  # grey() names what is wrong with it
+    f = (BIG_ARRAY / (a.shape[0] * a.shape[1])) ** 0.5
+    size = (max(1, int(a.shape[1] * f)), max(1, int(a.shape[0] * f)))
+    return cv2.resize(a, size, interpolation=cv2.INTER_AREA)
+
+
 def _record(image: np.ndarray, pieces: list[list[tuple[int, int, int, int]]], scale: float,
             ink: np.ndarray) -> Prepared:
     boxes = [[int(v * scale) if i < 2 else int(np.ceil(v * scale)) for i, v in enumerate(_union(group))]
@@ -146,10 +161,11 @@ def ink_map(g: np.ndarray, work_side: int = WORK_SIDE) -> tuple[np.ndarray, floa
     # light's slow changes and the sharp edges of shadows; a quarter of the short side is wider than
     # any stroke of a digit that fits in the picture.
     k = max(3, (min(g.shape) // 4) | 1)
-    # (on 8 bits: OpenCV's min/max filters are several times faster there, and 1/255 is below any ink)
-    paper8 = cv2.morphologyEx((inv * 255).astype(np.uint8), cv2.MORPH_OPEN,
-                              cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
-    paper = paper8.astype(np.float32) * np.float32(1 / 255)
+    # (on 8 bits: OpenCV's min/max filters are several times faster there, and 1/255 is below any ink;
+    # the edge is repeated beyond the picture, which carries the light's slope on: a ramp stays paper)
+    padded = cv2.copyMakeBorder((inv * 255).astype(np.uint8), k, k, k, k, cv2.BORDER_REPLICATE)
+    paper8 = cv2.morphologyEx(padded, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
+    paper = paper8[k:-k, k:-k].astype(np.float32) * np.float32(1 / 255)
     contrast = inv - paper
     if not bright:  # dark ink on paper: contrast relative to the paper's local brightness
         contrast = contrast / np.maximum(1.0 - paper, 0.02)
@@ -160,13 +176,13 @@ def ink_map(g: np.ndarray, work_side: int = WORK_SIDE) -> tuple[np.ndarray, floa
             return np.zeros_like(inv), scale
         contrast = contrast / span
     contrast = np.clip(contrast, 0, 1).astype(np.float32)
-    noise = _robust_std(contrast)
+    level, noise = _robust_level(contrast)  # the paper's texture: what pure noise leaves above its minimum
     peak = float(contrast.max())  # of a blurred picture: one hot pixel does not make a peak
-    if peak < MIN_CONTRAST or peak < MIN_SNR * noise:
+    if peak < MIN_CONTRAST or peak - level < MIN_SNR * noise:
         return np.zeros_like(contrast), scale
-    # Threshold: well above the noise and a third of the ink's own peak (anti-aliased edges keep
-    # their grey levels above it; the paper's texture falls below).
-    t = max(4.0 * noise, peak / 3.0, MIN_CONTRAST / 2)
+    # Threshold: well above the paper's texture and a third of the ink's own peak (anti-aliased edges
+    # keep their grey levels above it).
+    t = max(level + 4.0 * noise, peak / 3.0, MIN_CONTRAST / 2)
     contrast = _drop_lines(contrast, t)
     ink = np.clip((contrast - t / 2) / (peak - t / 2), 0, 1)
     ink[contrast < t] = 0
@@ -185,11 +201,11 @@ def _ink_is_bright(g: np.ndarray) -> bool:
     return hi - b_hi > b_lo - lo
 
 
-def _robust_std(a: np.ndarray) -> float:
-    """The noise level of a mostly-background map: 1.4826 x the median absolute deviation."""
+def _robust_level(a: np.ndarray) -> tuple[float, float]:
+    """The median of a mostly-background map and its noise: 1.4826 x the median absolute deviation."""
     sample = a[:: max(1, a.shape[0] // 96), :: max(1, a.shape[1] // 96)]
     med = float(np.median(sample))
-    return 1.4826 * float(np.median(np.abs(sample - med)))
+    return med, 1.4826 * float(np.median(np.abs(sample - med)))
 
 
 def _drop_lines(contrast: np.ndarray, t: float) -> np.ndarray:
@@ -280,8 +296,8 @@ def find_marks(ink: np.ndarray, mask: np.ndarray) -> list[list[tuple[int, int, i
     largest = max(a for _, a in sizes)
     side = min(mask.shape)
     # A mark is digit-sized when it is at least half as tall as the tallest, has a tenth of its ink,
-    # and is not a speck beside the picture (2.5% of its short side, or 2 px).
-    speck = max(2, 0.025 * side)
+    # and is not a speck beside the picture (3% of its short side, and 4 px at the working scale).
+    speck = max(4, 0.03 * side)
     marks = [g for g, (u, a) in zip(groups, sizes, strict=True)
              if u[3] - u[1] >= 0.5 * tallest and a >= 0.1 * largest and max(u[2] - u[0], u[3] - u[1]) >= speck]
     return [[p[:4] for p in g] for g in marks]
@@ -352,7 +368,7 @@ def model_inputs(images: Any) -> np.ndarray:
     photos); or one PIL image or file path; or a list/tuple of any of these (arrays of any size, each
     one picture). Raises ImageError naming the shape, dtype or file that is not acceptable."""
     if hasattr(images, "detach") and hasattr(images, "cpu"):  # a torch tensor, without importing torch
-        images = images.detach().cpu().numpy()
+        images = _tensor_to_numpy(images)
     if isinstance(images, np.ndarray):
         return _prepare_batch(_split_batch(images))
     if isinstance(images, (str, os.PathLike)) or hasattr(images, "getbands"):
@@ -362,6 +378,14 @@ def model_inputs(images: Any) -> np.ndarray:
         return np.stack(out) if out else np.zeros((0, 28, 28), np.uint8)
     raise ImageError(f"images: expected a NumPy array, torch tensor, PIL image, file path or a list of them, "
                      f"got {type(images).__name__}")
+
+
+def _tensor_to_numpy(t: Any) -> np.ndarray:
+    """A torch tensor as NumPy; bfloat16 and float16 (which NumPy lacks or mishandles) as float32."""
+    t = t.detach().cpu()
+    if str(t.dtype) in ("torch.bfloat16", "torch.float16"):
+        t = t.float()
+    return t.numpy()
 
 
 def _prepare_batch(a: np.ndarray) -> np.ndarray:
@@ -411,7 +435,7 @@ def _one_picture(item: Any, where: str) -> Any:
     if isinstance(item, (str, os.PathLike)):
         return decode(item)
     if hasattr(item, "detach") and hasattr(item, "cpu"):
-        item = item.detach().cpu().numpy()
+        item = _tensor_to_numpy(item)
     if isinstance(item, np.ndarray) and item.ndim == 3 and 1 in (item.shape[0], item.shape[-1]) \
             and item.shape[-1] not in (3, 4):
         item = item.reshape(item.shape[1:] if item.shape[0] == 1 else item.shape[:-1])
