@@ -56,7 +56,8 @@ class TrainConfig:
     label_smoothing: float = _setting(0.0, "cross-entropy label smoothing, in [0, 1)", recipe=True)
     weight_decay: float = _setting(0.0, "weight decay (decoupled for adam; L2 for rmsprop and sgd)", recipe=True)
     negatives: float = _setting(0.0, "outlier exposure (Hendrycks et al. 2019): add this many synthetic non-digits "
-                                "per digit to each batch, trained towards a uniform softmax; 0 = off",
+                                "per digit to each batch, trained towards a uniform softmax (the loss shown includes "
+                                "their term); 0 = off",
                                 metavar="RATIO", recipe=True)
     val_split: float = _setting(0.0, "fraction held out from the end of the training set for validation, as "
                                 "Keras does")
