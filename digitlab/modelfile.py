@@ -386,7 +386,7 @@ def validate_metadata(path: Path, meta: dict[str, Any]) -> ArchConfig:
     digest = meta.get("tensors_sha256")
     if digest is not None and not (len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
         raise _fail(path, f"metadata field tensors_sha256: expected 64 lowercase hex digits, got {_brief(digest)}")
-    if "calibration" in meta:  # the abstention threshold (digitlab.trust); None of it is guessed at
+    if "calibration" in meta:  # the abstention threshold (digitlab.trust): a bad one fails here, not at predict
         try:
             check_calibration(meta["calibration"], "metadata field calibration")
         except ModelFileError as e:
