@@ -25,6 +25,7 @@ import numpy as np
 from digitlab import __version__
 from digitlab.errors import ModelFileError
 from digitlab.model import ArchConfig, _brief, count_params, numpy_forward, param_shapes, softmax
+from digitlab.trust import check_calibration
 
 FORMAT = "digitlab-model"
 FORMAT_VERSION = 1
@@ -57,22 +58,30 @@ class DigitModel:
     def param_count(self) -> int:
         return count_params(self.arch)
 
-    def predict(self, images: Any, batch_size: int = 1024) -> np.ndarray:
+    def predict(self, images: Any, batch_size: int = 1024, *, logits: bool = False) -> Any:
         """Probabilities, float32 (N, classes), for images: whatever digitlab.prepare.model_inputs accepts
         (arrays or tensors (N, 28, 28) uint8 0..255 / float 0..1, PIL images, file paths, lists of them),
-        each prepared by prepare(); MNIST-like inputs pass unchanged. Raises ImageError for bad input."""
+        each prepared by prepare(); MNIST-like inputs pass unchanged. Raises ImageError for bad input.
+        With logits=True: (probabilities, logits), both float32 (N, classes), from the same forward pass
+        (the logits are the softmax's input; the energy score needs them, digitlab.trust)."""
         from digitlab.prepare import model_inputs
 
         x = model_inputs(images).astype(np.float32) / 255.0
-        out = np.empty((len(x), self.arch.classes), dtype=np.float32)
+        probs = np.empty((len(x), self.arch.classes), dtype=np.float32)
+        raw = np.empty_like(probs)
         session = self._onnx_session()
         for i in range(0, len(x), batch_size):
             chunk = x[i:i + batch_size]
             if session is not None:
-                out[i:i + batch_size] = session.run(None, {"image": chunk[:, None]})[0]
+                probs[i:i + batch_size], raw[i:i + batch_size] = session.run(None, {"image": chunk[:, None]})
             else:
-                out[i:i + batch_size] = softmax(numpy_forward(self.arch, self.weights, chunk))
-        return out
+                raw[i:i + batch_size] = numpy_forward(self.arch, self.weights, chunk)
+                probs[i:i + batch_size] = softmax(raw[i:i + batch_size])
+        return (probs, raw) if logits else probs
+
+    def logits(self, images: Any, batch_size: int = 1024) -> np.ndarray:
+        """Logits, float32 (N, classes): the softmax's input, for images as predict takes them."""
+        return self.predict(images, batch_size, logits=True)[1]
 
     def _onnx_session(self):
         if self.backend == "numpy" or self._session is False:
@@ -89,7 +98,7 @@ class DigitModel:
                 return None
             options = ort.SessionOptions()
             options.log_severity_level = 3
-            self._session = ort.InferenceSession(onnx_model(self.arch, self.weights).SerializeToString(),
+            self._session = ort.InferenceSession(onnx_model(self.arch, self.weights, logits=True).SerializeToString(),
                                                  options, providers=["CPUExecutionProvider"])
         return self._session
 
@@ -344,7 +353,7 @@ METADATA_FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "architecture": (str, "a string"), "arch_config": (dict, "an object"), "dataset": (str, "a string"),
     "classes": (list, "a list of strings"), "preprocessing": (dict, "an object"), "training": (dict, "an object"),
     "history": (dict, "an object"), "test_metrics": (dict, "an object"), "source": (dict, "an object"),
-    "tensors_sha256": (str, "a string of 64 hex digits"),
+    "tensors_sha256": (str, "a string of 64 hex digits"), "calibration": (dict, "an object"),
 }
 
 
@@ -377,6 +386,11 @@ def validate_metadata(path: Path, meta: dict[str, Any]) -> ArchConfig:
     digest = meta.get("tensors_sha256")
     if digest is not None and not (len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
         raise _fail(path, f"metadata field tensors_sha256: expected 64 lowercase hex digits, got {_brief(digest)}")
+    if "calibration" in meta:  # the abstention threshold (digitlab.trust): a bad one fails here, not at predict
+        try:
+            check_calibration(meta["calibration"], "metadata field calibration")
+        except ModelFileError as e:
+            raise _fail(path, str(e)) from None
     for key in ("test_metrics",):
         values = meta.get(key, {})
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values.values()):

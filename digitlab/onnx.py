@@ -1,7 +1,8 @@
 """ONNX out: the network as an ONNX graph built from the layer table (no torch), float32 or int8.
 
 The graph's input is ``image`` float32 (N, 1, 28, 28) in [0, 1], ink bright; its output
-``probabilities`` (N, classes), softmax included; the batch dimension is dynamic. int8 files are
+``probabilities`` (N, classes), softmax included (in-process, also ``logits``, the softmax's input); the
+batch dimension is dynamic. int8 files are
 onnxruntime's static quantization (QDQ format, per-channel int8 weights, uint8 activations), calibrated
 on training images. Imports outward only (model, data, _io, errors); the model file reader uses
 ``onnx_model`` for its onnxruntime backend.
@@ -26,9 +27,11 @@ CALIBRATION_IMAGES = 512  # training images the int8 ranges are measured on (min
 CALIBRATION_BATCH = 64
 
 
-def onnx_model(arch: ArchConfig, weights: dict[str, np.ndarray]):  # -> onnx.ModelProto
+def onnx_model(arch: ArchConfig, weights: dict[str, np.ndarray], logits: bool = False):  # -> onnx.ModelProto
     """The network as an ONNX graph (opset 17, IR 8), built straight from the layer list and the weights:
-    input ``image`` (N, 1, 28, 28) float32 in [0, 1], output ``probabilities`` (N, classes)."""
+    input ``image`` (N, 1, 28, 28) float32 in [0, 1], output ``probabilities`` (N, classes); with logits=True
+    a second output ``logits`` (N, classes), the softmax's input (DigitModel's own session asks for it; the
+    exported file has probabilities only, as before)."""
     from onnx import TensorProto, helper, numpy_helper
 
     nodes, inits = [], [numpy_helper.from_array(np.ascontiguousarray(v, np.float32), k) for k, v in weights.items()]
@@ -42,9 +45,13 @@ def onnx_model(arch: ArchConfig, weights: dict[str, np.ndarray]):  # -> onnx.Mod
         nodes.append(helper.make_node(op_type, [x, *(f"{name}.{t}" for t in suffixes)], [y], name=name, **attrs))
         x = y
     nodes.append(helper.make_node("Softmax", [x], ["probabilities"], name="softmax", axis=1))
+    outputs = ["probabilities"]
+    if logits:
+        nodes.append(helper.make_node("Identity", [x], ["logits"], name="logits"))
+        outputs.append("logits")
     graph = helper.make_graph(
         nodes, "digitlab", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 28, 28])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", arch.classes])], inits)
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", arch.classes]) for name in outputs], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="digitlab")
     model.ir_version = 8  # readable by onnxruntime releases from 1.14 on
     return model

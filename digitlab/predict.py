@@ -19,19 +19,25 @@ def predict_records(model: DigitModel, prepared: list[Prepared], names: list[str
     given wherever there is ink, null for an empty picture."""
     if not prepared:
         return []
-    inked = [i for i, p in enumerate(prepared) if p.status != "empty"]
-    probs = model.predict(np.stack([prepared[i].image for i in inked])) if inked else np.zeros((0, 0))
-    by_index = dict(zip(inked, probs, strict=True))
-    classes = model.classes
     calibration = calibration_of(model)
+    # The energy score needs logits: predict gives them from the same forward pass, when asked.
+    use_logits = calibration["method"] == "energy"
+    inked = [i for i, p in enumerate(prepared) if p.status != "empty"]
+    probs = logits = np.zeros((0, 0), np.float32)
+    if inked:
+        images = np.stack([prepared[i].image for i in inked])
+        probs, logits = model.predict(images, logits=True) if use_logits else (model.predict(images), probs)
+    by_index = {i: k for k, i in enumerate(inked)}
+    classes = model.classes
     records = []
     for i, (name, p) in enumerate(zip(names, prepared, strict=True)):
         record: dict[str, Any] = {"source": name, "status": p.status, "digit": None, "label": None,
                                   "confidence": None, "probabilities": None, "marks": p.marks}
         if i in by_index:
-            q = by_index[i]
+            q = probs[by_index[i]]
             record["probabilities"] = [float(v) for v in q]
-            record["status"] = status_for(p.status, q, calibration)
+            record["status"] = status_for(p.status, logits[by_index[i]] if use_logits else q, calibration,
+                                          logits=use_logits)
             if record["status"] == "digit":
                 k = int(q.argmax())
                 record.update(digit=k, label=classes[k], confidence=float(q[k]))

@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from digitlab import trust
 from digitlab._io import atomic_write_bytes
 from digitlab.augment import augment_batch
 from digitlab.checkpoint import Checkpoint, CheckpointError, checkpoint_path, read_checkpoint, write_checkpoint
@@ -40,10 +41,22 @@ from digitlab.evaluate import evaluate_torch
 from digitlab.hardware import choose_precision
 from digitlab.model import ARCHITECTURES, build_torch
 from digitlab.modelfile import DigitModel, save
+from digitlab.negatives import OE_WEIGHT, negative_batch, oe_loss
 from digitlab.optim import make_optimizer
 
 DEFAULT_OUT = TrainConfig.out  # the dataclass keeps each field's default as a class attribute
 TEST_CHUNK = 1000  # test images evaluated between two looks at the stop flag
+# Negatives (outlier exposure) are drawn from a pool of at most this many, built once per process:
+# 20,000 took 15 s on one idle core (64-112 s with the machine shared); a run of `fast` draws ~54,000.
+NEGATIVE_POOL = 20000
+# Calibration at the end of training (digitlab.trust): 0.8% false rejects on validation digits gave
+# <= 1% on the test digits (1% gave 1.1-1.3%: benchmarks/reject.py, seed and fast recipes). The score:
+# energy without negatives (its false accepts were 1.5-10x lower than max-softmax's at the same false
+# rejects); max-softmax with them (outlier exposure trains the softmax itself: equal or better on every
+# kind but letters and symbols (+-0.2 points), and half energy's false rejects on photos) -
+# benchmarks/results/reject-*.json.
+CALIBRATION_TARGET_FRR = 0.008
+CALIBRATION_IMAGES = 5000  # training digits calibrated on when there is no validation split
 
 
 class TrainingInterrupted(DigitlabError):
@@ -128,6 +141,8 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> DigitModel:
     data = _load_data(config, run.device)
     # Model, optimizer and position, from the checkpoint when resuming.
     net, model, optimizer, state = _build(run, data, resumed)
+    # Negatives: their pool is built once, here, so the first epoch's time is the training's own.
+    _negative_pool(run, state)
     with _StopFlag() as stop:
         # The loop: a checkpoint after each epoch, and between two steps when a stop comes.
         while state.epoch < config.epochs:
@@ -248,6 +263,14 @@ def _build(run: _Run, data: _Data, resumed: Checkpoint | None):
     return net, model, optimizer, state
 
 
+def _negative_pool(run: _Run, state: _State) -> None:
+    cfg = run.config
+    if cfg.negatives and state.epoch < cfg.epochs:
+        t0, size = time.perf_counter(), negative_pool_size(cfg, state.steps_per_epoch)
+        negative_batch(0, 1, cfg.data_dir, pool_size=size)
+        run.say(f"Negatives: a pool of {size:,} non-digits in {time.perf_counter() - t0:.1f} s")
+
+
 def _train_epoch(run: _Run, data: _Data, net, model, optimizer, state: _State, stop: _StopFlag) -> None:
     """The rest of epoch state.epoch, from step state.step; then its figures and a checkpoint."""
     cfg, epoch = run.config, state.epoch
@@ -296,19 +319,38 @@ def _train_step(run: _Run, data: _Data, model, optimizer, perm: torch.Tensor, ep
     idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
     if run.world > 1:
         idx = idx.tensor_split(run.world)[run.rank]
-    xb = data.x_train[idx].float().div_(255.0).contiguous(memory_format=torch.channels_last)
+    xb = data.x_train[idx].float().div_(255.0)
     yb = data.y_train[idx]
+    # Outlier exposure: negatives join the digits before augmentation and in the same forward pass, so
+    # batch-norm statistics see both (benchmarks/oe_experiment.py). Drawn by (seed, epoch, step, rank)
+    # from a pool built once per process: a resumed run draws the very same ones.
+    n_neg = round(cfg.negatives * len(yb))
+    if n_neg:
+        xn = negative_batch(_seed_for(cfg.seed, epoch, step, 1 + run.rank), n_neg, cfg.data_dir,
+                            pool_size=negative_pool_size(cfg, steps_per_epoch))
+        xb = torch.cat([xb, torch.from_numpy(xn).to(xb.device).unsqueeze(1).float().div_(255.0)])
+    xb = xb.contiguous(memory_format=torch.channels_last)
     if cfg.augment:
         xb = augment_batch(xb, torch.Generator().manual_seed(_seed_for(cfg.seed, epoch, step)), cfg.elastic)
     for group in optimizer.param_groups:
         group["lr"] = lr_at(cfg, epoch * steps_per_epoch + step, steps_per_epoch * cfg.epochs)
     with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.precision == "bf16"):
-        logits = model(xb)
-        loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+        logits = model(xb).float()
+        digits = logits[:len(yb)]
+        loss = F.cross_entropy(digits, yb, label_smoothing=cfg.label_smoothing)
+        if n_neg:
+            loss = loss + OE_WEIGHT * oe_loss(logits[len(yb):])
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss.item(), int((logits.argmax(1) == yb).sum()), len(yb)
+    return loss.item(), int((digits.argmax(1) == yb).sum()), len(yb)
+
+
+def negative_pool_size(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """Images in the pool the run's negatives are drawn from (with replacement): the draws the run makes,
+    at most NEGATIVE_POOL. A short run builds a small pool (~0.7 ms per image on one core)."""
+    draws = round(cfg.negatives * cfg.batch_size) * steps_per_epoch * cfg.epochs
+    return max(1, min(NEGATIVE_POOL, draws))
 
 
 def _stop_requested(run: _Run, stop: _StopFlag, state: _State) -> bool:
@@ -365,6 +407,9 @@ def _finish(run: _Run, data: _Data, net, state: _State, stop: _StopFlag) -> Digi
     cfg = run.config
     weights = {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
     meta = _model_metadata(run, data, state.history)
+    meta["calibration"] = calibration(run.config, net, data, run.device)
+    run.say(f"Calibrated: accept {meta['calibration']['method']} >= {meta['calibration']['threshold']:.4g} "
+            f"(on {meta['calibration']['source']})")
     _save_model(run, state, weights, meta)
     test = _test_metrics(run, net, data, stop)
     if test is None:
@@ -386,6 +431,29 @@ def _finish(run: _Run, data: _Data, net, state: _State, stop: _StopFlag) -> Digi
     if run.world > 1:
         dist.barrier()
     return DigitModel(ARCHITECTURES[cfg.arch], weights, meta)
+
+
+def calibration(cfg: TrainConfig, net, data: _Data, device: torch.device) -> dict[str, Any]:
+    """The abstention threshold for the trained net (digitlab.trust): the score's CALIBRATION_TARGET_FRR
+    quantile on digits it did not train on (the validation split), or, without one, on the last
+    CALIBRATION_IMAGES training digits (which it did train on: it then rejects more unseen digits; the
+    record's source says which). A trust.calibration_record for the model file's "calibration"."""
+    if len(data.x_val):
+        x = data.x_val
+        source = f"{len(x)} validation digits held out from training (val_split {cfg.val_split:g})"
+    else:
+        x = data.x_train[-CALIBRATION_IMAGES:]
+        source = f"the last {len(x)} training digits (trained on; no validation split)"
+    method = "msp" if cfg.negatives else "energy"
+    was_training = net.training
+    net.eval()
+    with torch.no_grad():
+        logits = torch.cat([net(x[i:i + TEST_CHUNK].to(device).float().div_(255.0)).float().cpu()
+                            for i in range(0, len(x), TEST_CHUNK)]).numpy()
+    net.train(was_training)
+    score = trust.digit_score(logits, method, logits=True)
+    return trust.calibration_record(method, trust.calibrate(score, CALIBRATION_TARGET_FRR), CALIBRATION_TARGET_FRR,
+                                    source)
 
 
 def _model_metadata(run: _Run, data: _Data, history: dict[str, list[float]]) -> dict[str, Any]:

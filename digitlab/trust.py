@@ -141,11 +141,6 @@ def status_for(prepared_status: str, outputs: np.ndarray, calibration: dict[str,
 
 
 def logits(model: Any, images: Any) -> np.ndarray:
-    """The model's logits (N, C) float32 for images as DigitModel.predict takes them, on the NumPy path.
-
-    A stop-gap for the energy score until DigitModel gives logits from its own (onnxruntime) pass:
-    this is a second forward pass, far more than the 0.1 ms the score itself costs."""
-    from digitlab.model import numpy_forward
-    from digitlab.prepare import model_inputs
-
-    return numpy_forward(model.arch, model.weights, model_inputs(images).astype(np.float32) / 255.0)
+    """The model's logits (N, C) float32 for images as DigitModel.predict takes them (DigitModel.logits;
+    predict(..., logits=True) gives them with the probabilities from one forward pass)."""
+    return model.logits(images)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path(__file__).resolve().parent.parent / "build" / "screenshots"
@@ -188,3 +190,71 @@ def test_number_mode_reads_several_digits_with_boxes(page):
     page.screenshot(path=str(SHOTS / "number-111.png"))
     page.uncheck("#number")
     assert page.evaluate("() => document.getElementById('pad').width") == 280
+
+
+def shown_text(page, expected: str) -> str:
+    page.wait_for_function(f"document.getElementById('digit').textContent === {expected!r}", timeout=10_000)
+    return page.locator("#digit").text_content()
+
+
+def test_states_in_words(page):
+    """No digit, several digits: the record's status in words where the digit would be."""
+    page.click("#clear")
+    draw(page, [[(0.2, 0.25), (0.2, 0.75)], [(0.8, 0.25), (0.8, 0.75)]])  # "11", far apart
+    assert shown_text(page, "several digits (2 marks)") == "several digits (2 marks)"
+    assert page.locator("#conf").text_content() == ""
+    blank = Image.new("L", (200, 200), 255)
+    buf = io.BytesIO()
+    blank.save(buf, "PNG")
+    page.set_input_files("#file", files=[{"name": "blank.png", "mimeType": "image/png", "buffer": buf.getvalue()}])
+    assert shown_text(page, "no digit") == "no digit"
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "no-digit.png"))
+
+
+def test_not_a_digit_in_words(page):
+    """The page's wording for a not_a_digit record (the server's answer replaced: which drawings a
+    model rejects is tested at the API, tests/test_predict.py)."""
+    def answer(route):
+        body = route.fetch().json()
+        body.update(status="not_a_digit", digit=None, label=None, confidence=None)
+        route.fulfill(json=body)
+
+    page.route("**/api/predict", answer)
+    try:
+        page.click("#clear")
+        draw(page, [[(0.5, 0.15), (0.5, 0.85)]])
+        assert shown_text(page, "not a digit") == "not a digit"
+        assert page.locator(".bar.top").count() == 0
+    finally:
+        page.unroute("**/api/predict")
+
+
+def _red_pixels(page) -> int:
+    """Pixels of the 28x28 "what the model saw" canvas that are clearly red (the attribution overlay)."""
+    return page.evaluate("() => { const d = document.getElementById('seen').getContext('2d')"
+                         ".getImageData(0, 0, 28, 28).data; let n = 0; for (let i = 0; i < d.length; i += 4)"
+                         " if (d[i] > 120 && d[i] > 2 * d[i + 1]) n++; return n; }")
+
+
+def test_attribution_toggle(page):
+    """"show why" overlays the attribution (POST /api/explain) on what the model saw; off again, grey."""
+    page.click("#clear")
+    draw(page, [[(0.25, 0.2), (0.75, 0.2), (0.45, 0.85)]])
+    shown_digit(page, "7")
+    assert _red_pixels(page) == 0
+    with page.expect_response("**/api/explain") as response:
+        page.check("#why")
+    assert response.value.ok and len(response.value.json()["attribution"]) == 28
+    page.wait_for_function("() => { const d = document.getElementById('seen').getContext('2d')"
+                           ".getImageData(0, 0, 28, 28).data; for (let i = 0; i < d.length; i += 4)"
+                           " if (d[i] > 120 && d[i] > 2 * d[i + 1]) return true; return false; }", timeout=10_000)
+    assert _red_pixels(page) > 5 and page.locator("#digit").text_content() == "7"
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "why-7.png"))
+    with page.expect_response("**/api/predict"):
+        page.uncheck("#why")
+    page.wait_for_function("() => { const d = document.getElementById('seen').getContext('2d')"
+                           ".getImageData(0, 0, 28, 28).data; for (let i = 0; i < d.length; i += 4)"
+                           " if (d[i] !== d[i + 1]) return false; return true; }", timeout=10_000)
+    assert _red_pixels(page) == 0

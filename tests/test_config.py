@@ -28,6 +28,7 @@ def test_recipes_are_plain_data():
     assert seed == TrainConfig()  # the seed recipe is the defaults: the tutorial
     best = config_from_recipe("best", epochs=2)
     assert best.augment and best.epochs == 2 and best.arch == "lean-bn" and best.recipe == "best"
+    assert best.negatives == 0.5 and seed.negatives == 0  # outlier exposure in best; seed stays the tutorial
     for name, cfg in RECIPES.items():
         assert cfg.recipe == name
         cfg.validate()
@@ -58,6 +59,11 @@ def test_unknown_recipe_and_settings_are_named():
     ({"val_split": 1.0}, r"val_split: must be in \[0, 1\)"),
     ({"seed": -1}, "seed: must be in 0..2"),
     ({"threads": 0}, "threads: must be >= 1"),
+    ({"negatives": -0.5}, r"negatives: must be in \[0, 4\] per digit, got -0.5"),
+    ({"negatives": 5}, r"negatives: must be in \[0, 4\] per digit, got 5"),
+    ({"negatives": float("nan")}, r"negatives: must be in \[0, 4\]"),
+    ({"negatives": "some"}, "negatives: expected a number, got 'some'"),
+    ({"negatives": 0.5, "dataset": "fashion-mnist"}, "negatives: only with the mnist dataset"),
 ])
 def test_validate_names_the_field(settings, message):
     with pytest.raises(DigitlabError, match=message):

@@ -15,6 +15,8 @@ from digitlab import modelfile
 from digitlab.errors import ImageError, ModelFileError
 from digitlab.model import ArchConfig, build_torch
 
+CALIBRATION = {"method": "energy", "threshold": 6.5, "target_frr": 0.008, "source": "test"}
+
 
 @pytest.fixture
 def model_path(tmp_path):
@@ -292,6 +294,13 @@ def test_metadata_nested_past_the_json_parser(model_path):
     ({"test_metrics": {"accuracy": "high"}}, "metadata field test_metrics: expected numbers"),
     ({"tensors_sha256": "abc"}, "metadata field tensors_sha256: expected 64"),
     ({"classes": ["x" * 30_000] * 10}, "metadata field classes"),
+    ({"calibration": 0.8}, "metadata field calibration: expected an object, got number"),
+    ({"calibration": {"method": "msp", "threshold": 0.8}}, "metadata field calibration: missing source, target_frr"),
+    ({"calibration": {**CALIBRATION, "method": "knn"}}, "calibration.method: expected one of msp, energy"),
+    ({"calibration": {**CALIBRATION, "threshold": "high"}}, "metadata field calibration.threshold: expected a finite"),
+    ({"calibration": {**CALIBRATION, "threshold": None}}, "metadata field calibration.threshold: expected a finite"),
+    ({"calibration": {**CALIBRATION, "target_frr": 1.5}}, "calibration.target_frr: expected a number in"),
+    ({"calibration": {**CALIBRATION, "source": 5}}, "metadata field calibration.source: expected a string"),
 ])
 def test_metadata_fields_validated(model_path, change, message):
     """One line naming the file and the field (these were tracebacks, or errors only at predict time)."""
@@ -301,6 +310,11 @@ def test_metadata_fields_validated(model_path, change, message):
     text = str(e.value)
     assert "m.safetensors: " in text and message in text, text
     assert "\n" not in text and len(text) < 400
+
+
+def test_calibration_stored_and_read(model_path):
+    _rewrite(model_path, lambda a, m: (a, {**m, "calibration": CALIBRATION}), rehash=False)
+    assert digitlab.load(model_path).metadata["calibration"] == CALIBRATION
 
 
 def test_no_import_cycle():

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +18,20 @@ import pytest
 import torch
 
 import digitlab
-from digitlab import training
+from digitlab import training, trust
 from digitlab.checkpoint import checkpoint_path, read_checkpoint
 from digitlab.config import RECIPES
+from digitlab.data import load_mnist
 from digitlab.errors import DigitlabError
 from digitlab.hardware import cpu_info, native_bf16
 from digitlab.training import TrainingInterrupted, history_path, train
 
 QUICK = {"epochs": 2, "limit": 640, "quiet": True}  # 10 steps of 64 per epoch
 RESUMABLE = dict(QUICK, seed=7, optimizer="adam", augment=True)  # every kind of state a checkpoint holds
+
+
+def mnist_images(mnist_dir) -> np.ndarray:
+    return load_mnist(mnist_dir).train_images
 
 
 def test_end_to_end_one_epoch_full_mnist(trained_model, mnist):
@@ -57,6 +63,13 @@ def test_files_written_history_and_val_split(tmp_path, mnist_dir):
     assert digitlab.load(out).metadata["history"] == hist["history"]
     assert digitlab.load(out).metadata["test_metrics"] == hist["test"]
     assert not checkpoint_path(out).exists()  # removed once training completes
+    # The abstention threshold, calibrated on the 128 validation digits for 0.8% false rejects (energy:
+    # no negatives), stored in the file and read back checked.
+    cal = digitlab.load(out).metadata["calibration"]
+    assert cal == m.metadata["calibration"] and cal["method"] == "energy" and cal["target_frr"] == 0.008
+    assert cal["source"].startswith("128 validation digits held out")
+    val = m.logits(mnist_images(mnist_dir)[512:640])
+    assert cal["threshold"] == pytest.approx(trust.calibrate(trust.energy_score(val), 0.008), abs=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +94,32 @@ def test_resume_gives_the_same_result(tmp_path, mnist_dir, uninterrupted, stop_a
         assert np.array_equal(uninterrupted.weights[k], resumed.weights[k]), k
     assert resumed.metadata["history"]["loss"] == uninterrupted.metadata["history"]["loss"]
     assert resumed.metadata["test_metrics"] == uninterrupted.metadata["test_metrics"]
+
+
+def test_negatives_are_deterministic_and_resume_bit_identically(tmp_path, mnist_dir, uninterrupted):
+    """Outlier exposure: negatives drawn by (seed, epoch, step) from a pool built once per process, so a
+    stopped run resumes to the very same weights; they change the training; max-softmax is calibrated."""
+    settings = dict(RESUMABLE, negatives=0.5, data_dir=str(mnist_dir))
+    full = train(**settings, out=str(tmp_path / "full.safetensors"))
+    out = tmp_path / "run.safetensors"
+    with pytest.raises(TrainingInterrupted) as info:
+        train(**settings, out=str(out), stop_after_steps=13)
+    resumed = train(resume=str(info.value.checkpoint), quiet=True)
+    for k in full.weights:
+        assert np.array_equal(full.weights[k], resumed.weights[k]), k
+    assert resumed.metadata["history"]["loss"] == full.metadata["history"]["loss"]
+    assert resumed.metadata["calibration"] == full.metadata["calibration"]
+    assert not np.array_equal(full.weights["dense.weight"], uninterrupted.weights["dense.weight"])
+    assert full.metadata["training"]["negatives"] == 0.5
+    cal = full.metadata["calibration"]
+    assert cal["method"] == "msp" and cal["source"] == "the last 640 training digits (trained on; no validation split)"
+    assert full.metadata["test_metrics"]["accuracy"] > 0.3  # it still learns digits (chance: 0.1)
+
+
+def test_negative_pool_is_bounded_by_the_draws():
+    cfg = RECIPES["fast"]
+    assert training.negative_pool_size(replace(cfg, negatives=0.5), 422) == training.NEGATIVE_POOL
+    assert training.negative_pool_size(replace(cfg, negatives=0.5, epochs=1, batch_size=64), 10) == 320
 
 
 def _wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float) -> list[str]:
