@@ -162,6 +162,8 @@ def grey(picture: Any) -> np.ndarray:
     if isinstance(picture, Image.Image):
         try:
             return _pil_grey(picture)
+        except ImageError:
+            raise
         except (OSError, ValueError, TypeError) as e:  # a mode Pillow opens but cannot convert
             raise ImageError(f"cannot convert a {picture.mode} image to grey levels ({e})") from None
     a = np.asarray(picture)
