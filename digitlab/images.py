@@ -103,7 +103,8 @@ def _check_size(im: Image.Image, label: str, max_pixels: int) -> None:
     pixels = im.width * im.height
     bands = len(im.getbands())
     depth = 4 if im.mode in ("I", "F", "RGBX") else 2 if im.mode.startswith("I;16") else 1
-    decoded = pixels * bands * depth if im.format != "JPEG" else 0
+    # (libwebp decodes into a buffer of its own and Pillow copies it: twice the memory, measured)
+    decoded = pixels * bands * depth * (2 if im.format == "WEBP" else 1) if im.format != "JPEG" else 0
     if pixels > max_pixels or decoded > MAX_DECODED_BYTES:
         limit = f"{max_pixels:,} pixels" if pixels > max_pixels else \
             f"{MAX_DECODED_BYTES // 2**20} MB decoded ({im.format or 'this format'} cannot be decoded downscaled)"

@@ -129,3 +129,24 @@ def test_108_megapixel_phone_photo_is_decoded_downscaled(tmp_path):
     del im
     g = decode(path)
     assert max(g.shape) <= 2048 and to_mnist(g).max() > 200
+
+
+def test_pictures_that_would_not_fit_decoded_are_refused_from_the_header(tmp_path):
+    """A 125 KB WebP of 6000x6000 took 633 MB to predict (libwebp keeps a second buffer); formats that
+    cannot be decoded downscaled are held to MAX_DECODED_BYTES from their header alone."""
+    path = tmp_path / "big.webp"
+    Image.new("RGB", (6000, 6000), (200, 200, 200)).save(path, quality=50)
+    with pytest.raises(ImageError, match="big.webp: 6000x6000 RGB is more than the limit of 128 MB decoded"):
+        decode(path)
+
+
+@pytest.mark.parametrize("mode", ["1", "P", "I;16"])
+def test_big_bilevel_palette_and_16_bit_scans_decode(tmp_path, mode):
+    """Pillow's reduce() refuses these modes: a 2100x1500 fax TIFF, palette PNG or 16-bit scan failed."""
+    im = Image.new("L", (2100, 1500), 255)
+    ImageDraw.Draw(im).line([(1050, 200), (1050, 1300)], fill=0, width=120)
+    im = Image.fromarray(np.asarray(im).astype(np.uint16) * 257) if mode == "I;16" else im.convert(mode)
+    path = tmp_path / f"scan-{mode.replace(';', '')}.tif"
+    im.save(path)
+    out = to_mnist(decode(path))
+    assert out.max() > 200 and (out > 128).sum(axis=0).max() >= 15
