@@ -463,6 +463,8 @@ def load_labelled_folder(folder: str | os.PathLike, classes: list[str]) -> tuple
                          f"0..{len(classes) - 1} (or the class labels)")
     images, labels, names = [], [], []
     for sub in subfolders:
+        if not any(q.suffix.lower() in IMAGE_SUFFIXES for q in sub.iterdir()):
+            continue  # a class with no examples here; a tree with none at all is refused below
         for path in expand_sources([str(sub)]):
             images.append(prepare(decode(path)).image)
             labels.append(index[sub.name])
