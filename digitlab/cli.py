@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="PNG", help="write the map over what the model saw (one image: this file; "
                    "several: PNG-<n>.png)")
     p.add_argument("--json", action="store_true", help="print a JSON list with the 28x28 attribution")
+    p.add_argument("--overwrite", action="store_true", help="replace map files that already exist")
 
     p = sub.add_parser("show", help="render a test image (PNG with --out, else in the terminal)")
     p.add_argument("--index", type=int, required=True)
@@ -304,6 +305,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from digitlab.predict import describe, explain_records
     from digitlab.prepare import prepare
 
+    if args.out and not args.overwrite:  # checked before any work: never replace what the user has
+        out = Path(args.out)
+        taken = [q for q in [out, *out.parent.glob(f"{out.stem}-*.png")] if q.exists() or q.is_symlink()]
+        if taken:
+            raise DigitlabError(f"--out: {taken[0]} already exists; choose another name or add --overwrite")
     model = load(args.model)
     errors: list[str] = []
     prepared, names = [], []

@@ -149,3 +149,28 @@ def test_occlusion_is_torch_free():
             "r = explain.explain(m, img); assert r['attribution'].shape == (28, 28); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_explain_never_replaces_what_the_user_has(tmp_path, tiny_model_path):
+    """An existing map, a link or a device at --out is refused before any work (exit 2, one line); a
+    link's target and the file are left as they were."""
+    from PIL import Image, ImageDraw
+
+    from tests.conftest import run_cli
+
+    picture = tmp_path / "one.png"
+    im = Image.new("L", (200, 200), 255)
+    ImageDraw.Draw(im).line([(100, 30), (100, 170)], fill=0, width=14)
+    im.save(picture)
+    out = tmp_path / "map.png"
+    run_cli("explain", tiny_model_path, picture, "--out", out, check=True)
+    before = out.read_bytes()
+    again = run_cli("explain", tiny_model_path, picture, "--out", out)
+    assert again.returncode == 2 and "map.png already exists" in again.stderr and "Traceback" not in again.stderr
+    assert out.read_bytes() == before
+    (tmp_path / "real.png").write_text("keep")
+    (tmp_path / "link.png").symlink_to(tmp_path / "real.png")
+    linked = run_cli("explain", tiny_model_path, picture, "--out", tmp_path / "link.png", "--overwrite")
+    assert linked.returncode == 2 and "is a link" in linked.stderr and "Traceback" not in linked.stderr
+    assert (tmp_path / "real.png").read_text() == "keep" and (tmp_path / "link.png").is_symlink()
+    assert run_cli("explain", tiny_model_path, picture, "--out", out, "--overwrite").returncode == 0
