@@ -229,8 +229,25 @@ def _one_line(text: str) -> str:
     return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def _each_source(sources: list[str], work) -> tuple[list, list[str], list[str]]:
+    """work(path) for every image file among sources (folders expanded), the way predict, read and explain
+    all take their inputs: (results, names, errors); each error is printed on one line, the rest go on."""
+    from digitlab.images import expand_sources
+
+    results, names, errors = [], [], []
+    for path in expand_sources(sources, errors):
+        try:
+            results.append(work(path))
+            names.append(str(path))
+        except DigitlabError as e:
+            errors.append(str(e))
+    for message in errors:
+        print(f"digitlab: error: {_one_line(message)}", file=sys.stderr)
+    return results, names, errors
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
-    from digitlab.images import decode, expand_sources
+    from digitlab.images import decode
     from digitlab.modelfile import load
     from digitlab.predict import describe, predict_records
     from digitlab.prepare import prepare
@@ -238,16 +255,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not args.sources and not args.index:
         raise DigitlabError("predict: give image files or folders, or --index N for a test-set image")
     model = load(args.model)
-    inputs, names, errors = [], [], []
-    paths = expand_sources(args.sources, errors)
-    for path in paths:
-        try:
-            inputs.append(prepare(decode(path)))  # decode() silences Pillow's warnings on damaged EXIF
-            names.append(str(path))
-        except DigitlabError as e:
-            errors.append(str(e))
-    for message in errors:
-        print(f"digitlab: error: {_one_line(message)}", file=sys.stderr)
+    # (decode() silences Pillow's warnings on damaged EXIF)
+    inputs, names, errors = _each_source(args.sources, lambda path: prepare(decode(path)))
     failed = len(errors)
     if args.index:
         data = _test_set(args.data_dir, args.dataset or model.metadata.get("dataset", "mnist"))
@@ -270,20 +279,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_read(args: argparse.Namespace) -> int:
-    from digitlab.images import expand_sources
     from digitlab.modelfile import load
     from digitlab.reading import read_file
 
     model = load(args.model)
-    errors: list[str] = []
-    records = []
-    for path in expand_sources(args.sources, errors):
-        try:
-            records.append(read_file(model, path, source=str(path)))
-        except DigitlabError as e:
-            errors.append(str(e))
-    for message in errors:
-        print(f"digitlab: error: {_one_line(message)}", file=sys.stderr)
+    records, _, errors = _each_source(args.sources, lambda path: read_file(model, path, source=str(path)))
     if args.json:
         print(json.dumps(records))
     else:
@@ -300,7 +300,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     import numpy as np
 
     from digitlab.explain import attribution_png
-    from digitlab.images import decode, expand_sources
+    from digitlab.images import decode
     from digitlab.modelfile import load
     from digitlab.predict import describe, explain_records
     from digitlab.prepare import prepare
@@ -311,16 +311,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if taken:
             raise DigitlabError(f"--out: {taken[0]} already exists; choose another name or add --overwrite")
     model = load(args.model)
-    errors: list[str] = []
-    prepared, names = [], []
-    for path in expand_sources(args.sources, errors):
-        try:
-            prepared.append(prepare(decode(path)))
-            names.append(str(path))
-        except DigitlabError as e:
-            errors.append(str(e))
-    for message in errors:
-        print(f"digitlab: error: {_one_line(message)}", file=sys.stderr)
+    prepared, names, errors = _each_source(args.sources, lambda path: prepare(decode(path)))
     records = explain_records(model, prepared, names, method=args.method)
     for i, (r, p) in enumerate(zip(records, prepared, strict=True)):
         if args.out and r["attribution"] is not None:
