@@ -54,7 +54,7 @@ def load_image(source: str | os.PathLike | bytes | IO[bytes], name: str | None =
             _check_size(im, label, max_pixels)
             im.load()
             if max(im.size) > 2 * DECODE_SIDE:
-                im = _reduced(im, max(1, int(max(im.size) / DECODE_SIDE)))
+                im = reduce_picture(im, max(1, int(max(im.size) / DECODE_SIDE)))
             im = ImageOps.exif_transpose(im)
     except ImageError:
         raise
@@ -73,7 +73,7 @@ def load_image(source: str | os.PathLike | bytes | IO[bytes], name: str | None =
     return im
 
 
-def _reduced(im: Image.Image, factor: int) -> Image.Image:
+def reduce_picture(im: Image.Image, factor: int) -> Image.Image:
     """im box-averaged by factor. Pillow's reduce() refuses bilevel, palette and 16-bit modes (fax TIFFs,
     palette PNGs, 16-bit scans): those are widened first to a mode it takes, keeping their values."""
     if im.mode == "1":

@@ -41,7 +41,7 @@ from starlette.requests import ClientDisconnect
 
 from digitlab import __version__
 from digitlab.errors import ImageError
-from digitlab.images import load_image
+from digitlab.images import load_image, reduce_picture
 from digitlab.modelfile import DigitModel, load
 from digitlab.predict import explain_records, predict_records
 from digitlab.prepare import prepare
@@ -222,10 +222,7 @@ def _reduced(picture: Any) -> Any:
     factor = math.ceil(math.sqrt(picture.width * picture.height / PREPARE_PIXELS))
     while -(-picture.width // factor) * -(-picture.height // factor) > PREPARE_PIXELS:
         factor += 1
-    try:
-        return picture.reduce(factor)
-    except ValueError:  # a mode reduce() does not handle: the same box average by resize
-        return picture.resize((-(-picture.width // factor), -(-picture.height // factor)), Image.BOX)
+    return reduce_picture(picture, factor)  # (bilevel, palette and 16-bit widened first, as in decoding)
 
 
 def _read_reduced(model: DigitModel, picture: Any, job: Job) -> dict[str, Any]:
