@@ -22,27 +22,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _machine import machine_line  # noqa: E402
 
 from digitlab import negatives, trust
 from digitlab.data import load_mnist
 from digitlab.model import softmax
 from digitlab.modelfile import load
 from digitlab.prepare import prepare
-
-
-def machine() -> str:
-    """CPU model, its widest vector ISA, and core count (the figures here are CPU-bound)."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    cpu = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
-               platform.processor())
-    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
-    isa = next((i for i in ("avx512f", "avx2", "avx", "sse4_2") if i in flags), platform.machine())
-    return f"{cpu}, {isa.upper()}, {os.cpu_count()} cores"
 
 
 def as_photo(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -135,8 +128,8 @@ def main() -> None:
     idx = rng.choice(len(data.test_images), size=min(args.photos, len(data.test_images)), replace=False)
     photo_status, photo_logits = road(model, [as_photo(d, rng) for d in data.test_images[idx]])
 
-    results: dict = {"model": str(args.model), "machine": machine(), "calibrations": cals, "kinds": {},
-                     "digits": {}}
+    results: dict = {"model": str(args.model), "machine": machine_line("onnxruntime"), "calibrations": cals,
+                     "kinds": {}, "digits": {}}
     for name, status, logits, labels in (("mnist test", np.full(len(test_logits), "digit"), test_logits,
                                           data.test_labels),
                                          ("photos", photo_status, photo_logits, data.test_labels[idx])):
@@ -181,7 +174,7 @@ def print_report(r: dict) -> None:
         rejects = ", ".join(f"false rejects ({m}) {row[f'false_reject_{m}']:.2%}" for m in methods)
         print(f"digits, {name} ({row['n']}): accuracy {row['accuracy']:.2%}, {rejects}")
     print("status_for: " + ", ".join(f"{m} {us:.1f} us per image" for m, us in r["status_for_us_per_image"].items()))
-    print(f"machine: {r['machine']}; {r['seconds']:.0f} s")
+    print(f"{r['machine']}; {r['seconds']:.0f} s")
 
 
 if __name__ == "__main__":
