@@ -74,6 +74,8 @@ class TrainConfig:
     resume: str | None = _setting(None, "continue an interrupted run from its checkpoint "
                                   "(NAME.ckpt.safetensors)", metavar="CHECKPOINT")
     limit: int | None = _setting(None, "train on the first N training images only", metavar="N")
+    test_limit: int | None = _setting(None, "evaluate on the first N test images only (quick checks; the model "
+                                      "file's test_metrics record how many)", metavar="N")
     threads: int | None = _setting(None, "PyTorch intra-op threads (default: PyTorch's, one per core)",
                                    metavar="N")
     quiet: bool = _setting(False, "no progress output")
@@ -107,6 +109,7 @@ class TrainConfig:
             (0 <= self.seed < 2**63, f"seed: must be in 0..2**63-1, got {self.seed}"),
             (self.out != "", "out: must name a file"),
             (self.limit is None or self.limit >= 1, f"limit: must be >= 1, got {self.limit}"),
+            (self.test_limit is None or self.test_limit >= 1, f"test_limit: must be >= 1, got {self.test_limit}"),
             (self.threads is None or self.threads >= 1, f"threads: must be >= 1, got {self.threads}"),
             (self.stop_after_steps is None or self.stop_after_steps >= 0,
              f"stop_after_steps: must be >= 0, got {self.stop_after_steps}"),

@@ -232,9 +232,10 @@ def _load_data(config: TrainConfig, device: torch.device) -> _Data:
     if config.limit:
         x_all, y_all = x_all[: config.limit], y_all[: config.limit]
     n_train = len(x_all) - int(len(x_all) * config.val_split)  # the validation split is the end, as Keras's
+    n_test = config.test_limit or len(data.test_images)
     return _Data(data.name, list(data.classes), x_all[:n_train].to(device), y_all[:n_train].to(device),
-                 x_all[n_train:], y_all[n_train:], torch.from_numpy(data.test_images).unsqueeze(1),
-                 torch.from_numpy(data.test_labels.astype(np.int64)))
+                 x_all[n_train:], y_all[n_train:], torch.from_numpy(data.test_images[:n_test]).unsqueeze(1),
+                 torch.from_numpy(data.test_labels[:n_test].astype(np.int64)))
 
 
 def _build(run: _Run, data: _Data, resumed: Checkpoint | None):
@@ -416,7 +417,8 @@ def _finish(run: _Run, data: _Data, net, state: _State, stop: _StopFlag) -> Digi
         where = state.checkpoint or run.ckpt
         raise TrainingInterrupted(f"stopped during the test evaluation; the model is saved to {cfg.out} (without "
                                   f"test figures)\nadd them with: digitlab train --resume {where}", where)
-    run.say(f"test_loss: {test['loss']:.4f} - test_accuracy: {test['accuracy']:.4f}")
+    part = f" (on the first {test['images']:,} test images)" if cfg.test_limit else ""
+    run.say(f"test_loss: {test['loss']:.4f} - test_accuracy: {test['accuracy']:.4f}{part}")
     meta["test_metrics"] = test
     _save_model(run, state, weights, meta)
     if run.main:
@@ -481,14 +483,16 @@ def _save_model(run: _Run, state: _State, weights: dict[str, np.ndarray], meta: 
 def _test_metrics(run: _Run, net, data: _Data, stop: _StopFlag) -> dict[str, float] | None:
     """Test loss and accuracy, in chunks with a look at the stop flag between them; None if stopped."""
     loss_sum, correct, n = 0.0, 0, len(data.x_test)
+    if _should_stop(stop.set, run):
+        return None
     for i in range(0, n, TEST_CHUNK):
-        if _should_stop(stop.set, run):
-            return None
         x, y = data.x_test[i:i + TEST_CHUNK], data.y_test[i:i + TEST_CHUNK]
         m = evaluate_torch(net, x, y, run.device)
         loss_sum += m["loss"] * len(x)
         correct += round(m["accuracy"] * len(x))
-    return {"loss": loss_sum / n, "accuracy": correct / n}
+        if _should_stop(stop.set, run):  # after each chunk, the last one too: a stop is never ignored
+            return None
+    return {"loss": loss_sum / n, "accuracy": correct / n, "images": n}
 
 
 def _seed_for(*parts: int) -> int:

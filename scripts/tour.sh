@@ -5,7 +5,7 @@
 # lines with the README, so the two cannot drift apart.
 #
 #   bash scripts/tour.sh                  # the whole tour: the tutorial's 5 epochs, then `fast`'s 2
-#   TOUR_QUICK=1 bash scripts/tour.sh     # the same commands; the two trainings get --epochs 1 --limit 2000
+#   TOUR_QUICK=1 bash scripts/tour.sh     # the same commands; the two trainings get --epochs 1 --limit 2000 --test-limit 1000
 #
 # MNIST comes from $DIGITLAB_DATA_DIR (default: ../shared/mnist beside the checkout, as scripts/test.sh).
 # `digitlab serve` is started in the background, asked for its page and /docs, and stopped;
@@ -26,7 +26,7 @@ fi
 
 QUICK=()
 if [ "${TOUR_QUICK:-0}" = 1 ]; then
-  QUICK=(--epochs 1 --limit 2000)  # trainings only: a smoke test of the tour, not its accuracy
+  QUICK=(--epochs 1 --limit 2000 --test-limit 1000)  # trainings only: a smoke test of the tour, not its accuracy
 fi
 PORT="${TOUR_PORT:-8000}"
 WORK="$(mktemp -d)"

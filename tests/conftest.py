@@ -59,7 +59,7 @@ def trained_model(trained_model_path):
 def tiny_model_path(tmp_path_factory, mnist_dir) -> Path:
     """A quick model (2,000 images) for tests that need a valid file, not accuracy."""
     out = tmp_path_factory.mktemp("tiny") / "tiny.safetensors"
-    train(epochs=1, limit=2000, out=str(out), data_dir=str(mnist_dir), quiet=True)
+    train(epochs=1, limit=2000, test_limit=1000, out=str(out), data_dir=str(mnist_dir), quiet=True)
     return out
 
 

@@ -24,7 +24,7 @@ def ckpt_file(tmp_path_factory, mnist_dir) -> Path:
     """A real checkpoint: Adam (scalar and tensor state), stopped at step 5 of epoch 1 (10 steps an epoch)."""
     out = tmp_path_factory.mktemp("ckpt") / "run.safetensors"
     with pytest.raises(TrainingInterrupted):
-        train(epochs=2, limit=640, optimizer="adam", out=str(out), data_dir=str(mnist_dir), quiet=True,
+        train(epochs=2, limit=640, test_limit=100, optimizer="adam", out=str(out), data_dir=str(mnist_dir), quiet=True,
               stop_after_steps=5)
     return checkpoint_path(out)
 

@@ -24,17 +24,19 @@ def test_recipes():
 def test_train_cli_small(tmp_path, mnist_dir):
     out = tmp_path / "cli.safetensors"
     proc = run_cli("train", "--epochs", "1", "--limit", "1000", "--val-split", "0.1", "--optimizer", "adam",
-                   "--out", out, "--data-dir", mnist_dir, check=True)
-    assert "Epoch 1/1" in proc.stdout and "val_accuracy:" in proc.stdout and "test_accuracy:" in proc.stdout
+                   "--test-limit", "500", "--out", out, "--data-dir", mnist_dir, check=True)
+    assert "Epoch 1/1" in proc.stdout and "val_accuracy:" in proc.stdout
+    assert "test_accuracy:" in proc.stdout and "(on the first 500 test images)" in proc.stdout
+    assert json.loads(out.with_name("cli.history.json").read_text())["test"]["images"] == 500
     assert out.exists() and out.with_name("cli.history.json").exists()
 
 
 def test_train_flags_override_the_recipe_both_ways(tmp_path, mnist_dir):
     out = tmp_path / "b.safetensors"
-    run_cli("train", "--recipe", "best", "--no-augment", "--epochs", "1", "--limit", "256", "--quiet",
-            "--out", out, "--data-dir", mnist_dir, check=True)
+    run_cli("train", "--recipe", "best", "--no-augment", "--epochs", "1", "--negatives", "0", "--limit", "256",
+            "--test-limit", "100", "--quiet", "--out", out, "--data-dir", mnist_dir, check=True)
     config = json.loads(out.with_name("b.history.json").read_text())["config"]
-    assert (config["recipe"], config["augment"], config["epochs"]) == ("best", False, 1)
+    assert (config["recipe"], config["augment"], config["epochs"], config["negatives"]) == ("best", False, 1, 0)
     assert config["arch"] == RECIPES["best"].arch
 
 

@@ -53,6 +53,7 @@ def test_unknown_recipe_and_settings_are_named():
     ({"arch": "huge"}, "arch: expected one of tutorial, small"),
     ({"augment": "yes"}, "augment: expected true or false, got 'yes'"),
     ({"limit": 0}, "limit: must be >= 1"),
+    ({"test_limit": 0}, "test_limit: must be >= 1"),
     ({"data_dir": 5}, "data_dir: expected a string or null, got 5"),
     ({"elastic": 20}, "elastic: needs augment"),
     ({"augment": True, "elastic": -1}, r"elastic: must be in \[0, 100\] pixels, got -1"),

@@ -26,7 +26,7 @@ from digitlab.errors import DigitlabError
 from digitlab.hardware import cpu_info, native_bf16
 from digitlab.training import TrainingInterrupted, history_path, train
 
-QUICK = {"epochs": 2, "limit": 640, "quiet": True}  # 10 steps of 64 per epoch
+QUICK = {"epochs": 2, "limit": 640, "test_limit": 500, "quiet": True}  # 10 steps of 64 per epoch; 500 test images
 RESUMABLE = dict(QUICK, seed=7, optimizer="adam", augment=True)  # every kind of state a checkpoint holds
 
 
@@ -44,7 +44,8 @@ def test_end_to_end_one_epoch_full_mnist(trained_model, mnist):
 
 
 def test_same_seed_same_weights(tmp_path, mnist_dir):
-    short = {"epochs": 1, "limit": 320, "quiet": True, "augment": True, "data_dir": str(mnist_dir)}  # 5 steps
+    short = {"epochs": 1, "limit": 320, "test_limit": 100, "quiet": True, "augment": True,  # 5 steps
+             "data_dir": str(mnist_dir)}
     a = train(**short, seed=3, out=str(tmp_path / "a.safetensors"))
     b = train(**short, seed=3, out=str(tmp_path / "b.safetensors"))
     c = train(**short, seed=4, out=str(tmp_path / "c.safetensors"))
@@ -78,7 +79,8 @@ def uninterrupted(tmp_path_factory, mnist_dir):
     return train(**RESUMABLE, out=str(tmp_path_factory.mktemp("ref") / "ref.safetensors"), data_dir=str(mnist_dir))
 
 
-@pytest.mark.parametrize("stop_at", [3, 13, 20])  # mid-epoch 1, mid-epoch 2, right after the last step
+@pytest.mark.parametrize("stop_at", [  # mid-epoch 1, mid-epoch 2, right after the last step; the fast lane keeps one
+    pytest.param(3, marks=pytest.mark.slow), 13, pytest.param(20, marks=pytest.mark.slow)])
 def test_resume_gives_the_same_result(tmp_path, mnist_dir, uninterrupted, stop_at):
     out = tmp_path / "run.safetensors"
     with pytest.raises(TrainingInterrupted) as info:
@@ -96,6 +98,7 @@ def test_resume_gives_the_same_result(tmp_path, mnist_dir, uninterrupted, stop_a
     assert resumed.metadata["test_metrics"] == uninterrupted.metadata["test_metrics"]
 
 
+@pytest.mark.slow  # three trainings with a pool of negatives (fonts, Fashion-MNIST): > 10 s on a quiet machine
 def test_negatives_are_deterministic_and_resume_bit_identically(tmp_path, mnist_dir, uninterrupted):
     """Outlier exposure: negatives drawn by (seed, epoch, step) from a pool built once per process, so a
     stopped run resumes to the very same weights; they change the training; max-softmax is calibrated."""
@@ -212,7 +215,7 @@ def test_existing_model_is_never_replaced_silently(tmp_path, mnist_dir):
     with pytest.raises(DigitlabError, match=r"m.safetensors exists; pass --overwrite"):
         train(epochs=1, out=str(out), data_dir=str(tmp_path / "nowhere"), quiet=True)
     assert out.read_bytes() == b"a 5-epoch model"
-    train(epochs=1, limit=256, out=str(out), data_dir=str(mnist_dir), quiet=True, overwrite=True)
+    train(epochs=1, limit=256, test_limit=100, out=str(out), data_dir=str(mnist_dir), quiet=True, overwrite=True)
     assert digitlab.load(out).metadata["training"]["epochs"] == 1
 
 
@@ -287,8 +290,9 @@ def test_device_choice_without_a_gpu(tmp_path, mnist_dir):
     assert not (tmp_path / "m.safetensors").exists()
 
 
+@pytest.mark.slow  # three trainings, one in bf16 (emulated, slow, where the CPU lacks it)
 def test_precision_is_said_recorded_and_used(tmp_path, mnist_dir, capsys):
-    settings = dict(epochs=1, limit=640, data_dir=str(mnist_dir), seed=1)  # 10 steps
+    settings = dict(epochs=1, limit=320, test_limit=500, data_dir=str(mnist_dir), seed=1)  # 5 steps
     auto = train(**settings, out=str(tmp_path / "auto.safetensors"))
     expected = "bf16" if native_bf16(cpu_info()) else "fp32"
     assert auto.metadata["training"]["precision"] == expected
