@@ -323,7 +323,7 @@ def _train_step(run: _Run, data: _Data, model, optimizer, perm: torch.Tensor, ep
     xb = data.x_train[idx].float().div_(255.0)
     yb = data.y_train[idx]
     # Outlier exposure: negatives join the digits before augmentation and in the same forward pass, so
-    # batch-norm statistics see both (benchmarks/oe_experiment.py). Drawn by (seed, epoch, step, rank)
+    # batch-norm statistics see both (Hendrycks et al. 2019). Drawn by (seed, epoch, step, rank)
     # from a pool built once per process: a resumed run draws the very same ones.
     n_neg = round(cfg.negatives * len(yb))
     if n_neg:

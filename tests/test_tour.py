@@ -54,3 +54,17 @@ def test_tour_runs_as_written(mnist_dir):
     assert echoed_commands(proc.stdout) == readme_tour_commands((ROOT / "README.md").read_text())
     assert "GET /: 200" in proc.stdout and "GET /docs: 200" in proc.stdout
     assert "the tour ran to the end" in proc.stdout
+
+
+def test_code_layout_names_every_module():
+    """The README's "Code layout" table names every module of the package and every benchmark script is named
+    somewhere in the README (a newcomer finds the room for a change in one look)."""
+    readme = (ROOT / "README.md").read_text()
+    layout = readme.split("## Code layout", 1)[1].split("\n## ", 1)[0]
+    modules = [p for p in (ROOT / "digitlab").rglob("*.py") if p.name != "__main__.py"]
+    missing = [str(p.relative_to(ROOT)) for p in modules
+               if p.name not in layout and not (p.name == "__init__.py" and p.parent.name == "serve")]
+    assert not missing, f"not in the README's code layout: {missing}"
+    scripts = [p.name for p in (ROOT / "benchmarks").glob("*.py") if not p.name.startswith("_")]
+    unnamed = [name for name in scripts if name not in readme]
+    assert not unnamed, f"benchmarks the README never names: {unnamed}"
