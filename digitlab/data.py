@@ -32,6 +32,8 @@ FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3
 
 @dataclass(frozen=True)
 class DatasetInfo:
+    """What digitlab knows of a dataset: its class names, the SHA-256 of each IDX file's decompressed
+    content, the download mirrors (tried in order) and the system folders a package installs it in."""
     name: str
     classes: tuple[str, ...]
     sha256: dict[str, str]  # of each file's decompressed content: the same for .gz and raw copies
@@ -95,6 +97,7 @@ class DigitData:
 
 
 def dataset_info(dataset: str) -> DatasetInfo:
+    """The DatasetInfo of "mnist" or "fashion-mnist". Raises DataError naming the known ones otherwise."""
     try:
         return DATASETS[dataset]
     except KeyError:
@@ -102,6 +105,7 @@ def dataset_info(dataset: str) -> DatasetInfo:
 
 
 def cache_dir(dataset: str) -> Path:
+    """The user cache folder downloads go to: $XDG_CACHE_HOME (or ~/.cache)/digitlab/DATASET."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "digitlab" / dataset
 
@@ -238,6 +242,7 @@ def _keras_npz(folder: Path, dataset: str) -> Path | None:
 
 
 def keras_datasets_dir() -> Path:
+    """Where Keras keeps its downloads ($KERAS_HOME or ~/.keras, then datasets/): a mnist.npz there is used."""
     return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "datasets"
 
 

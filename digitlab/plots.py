@@ -51,6 +51,8 @@ def show_terminal(image: np.ndarray) -> str:
 
 def confusion_png(confusion: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path,
                   title: str = "Confusion matrix") -> Path:
+    """Draw a (classes, classes) confusion matrix of counts (rows: true class, columns: predicted) as a PNG
+    at `path`, written atomically; returns the path. Raises OSError if it cannot be written."""
     plt = _figure()
     conf = np.asarray(confusion)
     fig, ax = plt.subplots(figsize=(7, 6))
