@@ -237,8 +237,15 @@ def _drop_lines(contrast: np.ndarray, t: float) -> np.ndarray:
             lines |= found.T if transpose else found
     if not lines.any():
         return contrast
+    # Ink that crosses a line darkens it further (light is absorbed by both): a pixel of the line's band
+    # whose contrast exceeds the line's own by half the ink's contrast is ink, and stays (a 7's bar lying
+    # on a ruled line). Contrasts add as 1 - (1 - line)(1 - ink).
+    line_level = float(np.median(contrast[lines > 0]))
+    off_lines = contrast[(lines == 0) & (contrast > t)]
+    ink_level = float(np.percentile(off_lines, 90)) if off_lines.size else line_level
+    over_ink = contrast > line_level + 0.5 * ink_level * (1.0 - line_level)
     lines = cv2.dilate(lines, np.ones((3, 3), np.uint8))
-    kept = np.where(lines > 0, 0, contrast).astype(np.float32)
+    kept = np.where((lines > 0) & ~over_ink, 0, contrast).astype(np.float32)
     # Strokes that crossed a line are cut by it: close gaps as wide as the lines were.
     return cv2.morphologyEx(kept, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
 

@@ -24,13 +24,13 @@ def _ink(digit: np.ndarray, side: int) -> np.ndarray:
 
 def on_paper(digit: np.ndarray, rng: np.random.Generator, size: int = 320, paper: float = 0.92,
              ink_level: float = 0.12, noise: float = 0.015, side: tuple[int, int] = (160, 240),
-             background: np.ndarray | None = None) -> np.ndarray:
-    """Dark ink (ink_level, 0..1) on paper (paper, or a background map), digit side px, placed at random.
-    Returns float32 (size, size) grey in 0..1."""
+             background: np.ndarray | None = None, place: tuple[int, int] | None = None) -> np.ndarray:
+    """Dark ink (ink_level, 0..1) on paper (paper, or a background map), digit side px, its top-left corner
+    at place (y, x) or at random. Returns float32 (size, size) grey in 0..1."""
     s = int(rng.integers(*side))
     page = np.full((size, size), paper, np.float32) if background is None else background.astype(np.float32)
     cover = np.zeros_like(page)
-    y, x = (int(v) for v in rng.integers(0, size - s, 2))
+    y, x = place if place is not None else (int(v) for v in rng.integers(0, size - s, 2))
     cover[y:y + s, x:x + s] = _ink(digit, s)
     out = page * (1 - cover) + ink_level * page / max(paper, 1e-3) * cover if background is not None \
         else page * (1 - cover) + ink_level * cover
@@ -61,6 +61,19 @@ def _lines(size: int, rng: np.random.Generator, squared: bool, tilt: float, leve
     m = cv2.getRotationMatrix2D((size, size), tilt, 1.0)
     rotated = cv2.warpAffine(big, m, (2 * size, 2 * size), flags=cv2.INTER_LINEAR, borderValue=1.0)
     return rotated[size // 2:size // 2 + size, size // 2:size // 2 + size]
+
+
+def _stroke_on_a_line(digit: np.ndarray, rng: np.random.Generator, size: int = 320) -> np.ndarray:
+    """Ruled grey paper where the digit's most-inked row (a 7's bar, a 5's top, a 2's base) lies on a line,
+    digit 70-160 px: the line's removal must leave the stroke that shares its pixels."""
+    s = int(rng.integers(70, 160))
+    cover = _ink(digit, s)
+    y, x = (int(v) for v in rng.integers(0, size - s, 2))
+    step = int(rng.integers(22, 34))
+    background = np.ones((size, size), np.float32)
+    for row in range((y + int(cover.sum(axis=1).argmax())) % step, size, step):
+        background[row:row + 2] = 0.55  # two pixels of grey line, as _lines draws them
+    return on_paper(digit, rng, size, side=(s, s + 1), background=0.92 * background, place=(y, x))
 
 
 def _png(a: np.ndarray, bits: int = 8) -> bytes:
@@ -118,6 +131,7 @@ CONDITIONS: dict[str, Callable[[np.ndarray, np.random.Generator], Picture]] = {
     "ruled, blue": lambda d, r: on_paper(d, r, background=0.92 * (0.25 + 0.75 * _lines(320, r, False, 0, 0.85))),
     "ruled, grey": lambda d, r: on_paper(d, r, background=0.92 * _lines(320, r, False, 0, 0.55)),
     "squared, grey": lambda d, r: on_paper(d, r, background=0.92 * _lines(320, r, True, 0, 0.55)),
+    "ruled, stroke on a line": _stroke_on_a_line,
     "squared, tilted": lambda d, r: on_paper(d, r, background=0.92 * _lines(320, r, True, r.uniform(-4, 4), 0.55)),
     "12-bit PNG": lambda d, r: _png(on_paper(d, r), bits=12),
     "16-bit PNG": lambda d, r: _png(on_paper(d, r), bits=16),

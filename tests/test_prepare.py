@@ -164,7 +164,8 @@ def test_blank_image_is_empty():
 # Issue 17: every way in reads people's digits. Each condition is rendered by digitlab.synth from MNIST
 # test digits; before the one road through prepare() these read 11-87% right (shadows, squared paper,
 # shrunk canvases), 0% (12-bit scans) or crashed (L*a*b*).
-@pytest.mark.parametrize("condition", ["hard shadow", "soft shadow", "ruled, grey", "squared, grey",
+@pytest.mark.parametrize("condition", ["hard shadow", "soft shadow", "ruled, grey", "ruled, stroke on a line",
+                                       "squared, grey",
                                        "squared, tilted", "12-bit PNG", "canvas shrunk to 28x28",
                                        "28x28 dark on light", "dim paper", "noise"])
 def test_conditions_read_like_plain_scans(trained_model, mnist, condition):
@@ -249,3 +250,14 @@ def test_tricky_single_digits_are_one_mark():
     for name, im in [("five", five), ("four", four), ("eight", eight), ("one", one)]:
         p = prepare(im)
         assert p.status == "digit" and p.marks == 1, (name, p.status, p.marks)
+
+
+def test_a_stroke_lying_on_a_ruled_line_is_kept(trained_model, mnist):
+    """Ink crossing a line darkens it further: where a 7's bar or a 5's top lies along a ruled line, the
+    line's removal keeps the stroke (before: 96.5% of 200 read, the misses mostly such 7s and 5s)."""
+    from digitlab.synth import CONDITIONS
+
+    rng = np.random.default_rng(5)
+    digits, labels = mnist.test_images[5000:5150], mnist.test_labels[5000:5150]
+    inputs = np.stack([prepare(CONDITIONS["ruled, stroke on a line"](d, rng)).image for d in digits])
+    assert (trained_model.predict(inputs).argmax(1) == labels).mean() >= 0.99
