@@ -38,6 +38,8 @@ from digitlab.images import IMAGE_SUFFIXES, decode, expand_sources, grey
 cv2.setNumThreads(1)  # pictures here are small: threads cost more than they give, and servers run several
 
 WORK_SIDE = 128  # marks are found at a long side of at most this (a digit needs ~20 px; small ones are redone finer)
+FINE_SIDE = 512  # ... and again at this long side when nothing was found on a big picture (a 70 px digit on a
+# 2000 px page is 4-5 px at 128, its strokes under a pixel: too faint to tell from the paper)
 BIG_ARRAY = 4_000_000  # arrays over this many pixels are shrunk before anything else (a 2000x2000 is plenty)
 SMALL_SIDE = 112  # ... and pictures whose short side is under this many are enlarged to it
 MIN_CONTRAST = 0.12  # ink must differ from its paper by 12% of the paper's brightness (readable ink: 30-95%)
@@ -76,6 +78,9 @@ def prepare(picture: Any) -> Prepared:
             return _record(image, pieces, 1.0, image.astype(np.float32) / 255.0)
     ink, scale = ink_map(g)
     pieces = find_marks(ink, ink > 0)
+    if not pieces and scale > FINE_SIDE / WORK_SIDE:  # a small digit on a big page can fade out when shrunk
+        ink, scale = ink_map(g, FINE_SIDE)
+        pieces = find_marks(ink, ink > 0)
     if not pieces:
         return _record(np.zeros((28, 28), np.uint8), [], scale, ink)
     crop = _kept_ink(ink, pieces)
