@@ -35,13 +35,23 @@ MAX_MARKS = 32  # marks read in one picture; more is a page of text, read in par
 READ_SIDE = 256  # the first working long side for a number (a line of ~6 digits gets ~30 px each)
 DIGIT_PX = 32  # working height wanted for a digit: to_28x28 fits the ink to 20 px, so a little more
 MAX_WORK_SIDE = 4096  # the working scale never exceeds this long side (memory: a float32 map of ~32 MB at most)
-SPLIT_ASPECT = 1.3  # a mark wider than this many heights (MNIST's 99th percentile: 1.43) is cut and searched,
-# and so is any mark the model reads below its calibrated threshold
-WIDE_MARK = 1.5  # ... and so is a mark this many times wider than the line's median mark
+DOUBT_ASPECT = 0.9  # a mark read whole is cut and searched when wider than this many line heights, ...
+DOUBT_PROBABILITY = 0.9  # ... or read below this probability, ...
+DOUBT_ENERGY = 4.0  # ... or its energy is this far under the line's best whole mark's, ...
+DOUBT_Z = 2.0  # ... or its width / height is this many standard deviations from its digit's (ASPECT_LOG_NORMAL)
 SHORT_DIGIT = 0.4  # a piece this many times the line's median digit height is a digit, not a separator
 MAX_PIECE_WIDTH = 1.2  # a piece of a cut mark is at most this many heights wide
-MAX_CUTS_PER_HEIGHT = 3  # candidate cuts per height of a mark's width (bounds the search)
-SPLIT_PENALTY = 0.5  # log-probability each digit costs (0, 0.5, 1, 2 tried on benchmarks/read_numbers.py)
+MAX_CUTS_PER_HEIGHT = 5  # candidate cut paths per height of a mark's width (bounds the search)
+CUT_FLOOR = 0.05  # what a paper pixel costs a cut path (ink: up to 1 more): among inkless paths, the straightest
+CUT_STEP = 0.5  # what a cut path's sideways step costs: a slant of 0.15 over a 32 px digit is ~5 steps
+CUT_SAME = 0.1  # cut paths whose left ink differs by less than this share of a digit's ink are one cut
+FIRST_PENALTY = 0.5  # log-probability each digit costs in the first pass (no energy term: the classifier is sure
+# of fragments and of two digits read as one, so more digits must pay)
+SPLIT_PENALTY = -1.0  # ... and in the second, with the energy term: a bonus (too few digits was the rarer right answer)
+HEIGHT_SD = 0.15  # a piece shorter than the line costs (log(height / line) / HEIGHT_SD)^2 / 2
+ENERGY_SLACK = 4.0  # a piece's energy may fall this far under the line's reference before it costs ...
+ENERGY_SD = 0.7  # ... ((energy - reference + ENERGY_SLACK) / ENERGY_SD)^2 / 2; these five tuned on strings of
+# MNIST *training* digits 50,000-59,999 (never the benchmark's test digits), with the `fast` model
 # The log of each MNIST digit's ink width / height: mean and standard deviation per class 0..9, measured on
 # the 60,000 training images (ink > 25 of 255).
 ASPECT_LOG_NORMAL = [(-0.10, 0.18), (-0.88, 0.44), (-0.06, 0.20), (-0.21, 0.20), (-0.22, 0.20), (-0.07, 0.24),
@@ -144,67 +154,100 @@ def _mark_ink(ink: np.ndarray, mark: list[Box]) -> tuple[np.ndarray, Box]:
 
 def _read_marks(model: Any, ink: np.ndarray, marks: list[list[Box]]) -> tuple[list[tuple[int, float]], list[Box]]:
     """The digits in the marks, left to right: (digit, probability) and each digit's working-scale box.
-    Every mark is read whole first; one in doubt (wider than a digit, or read below the calibrated
-    threshold) is over-cut at its candidate cuts, and its reading is the chain of pieces (the whole mark
-    among them) with the best _piece_score sum, less SPLIT_PENALTY per digit. The pieces of all the
-    marks in doubt go to the model in one batch."""
+    Every mark is read whole first; one in doubt (_in_doubt) is over-cut along its candidate cut paths
+    (_cut_paths), and its reading is the chain of pieces (the whole mark among them) with the best sum of
+    _piece_score less SPLIT_PENALTY per digit (_best_chain). Two passes: the first, scored without the
+    energy term, gives the line's reference energy (the highest of its chosen pieces: the model's own
+    scale, whatever its training); the second scores each piece's energy against it."""
     crops = [_mark_ink(ink, m) for m in marks]
-    wide = WIDE_MARK * float(np.median([c.shape[1] for c, _ in crops]))
     line = float(np.median([c.shape[0] for c, _ in crops]))  # the line's digit height
-    wholes = model.predict(np.stack([to_28x28(c) for c, _ in crops]))
-    threshold = _msp_threshold(model)
-    segments = {}  # per mark in doubt: its boundaries and the allowed pieces (i, j) between boundaries i < j
-    for m, ((crop, _), q) in enumerate(zip(crops, wholes, strict=True)):
-        h, w = max(crop.shape[0], line), crop.shape[1]  # a short mark (a flat 2) is measured by the line
-        if w > SPLIT_ASPECT * h or w > wide or float(q.max()) < threshold:
-            edges = [0, *_candidate_cuts(crop), w]
-            segments[m] = (edges, [(i, j) for i in range(len(edges)) for j in range(i + 1, len(edges))
-                                   if edges[j] - edges[i] <= MAX_PIECE_WIDTH * h and (i, j) != (0, len(edges) - 1)])
-    images, where = [], {}
-    for m, (edges, pairs) in segments.items():
-        (crop, box), n = crops[m], len(edges) - 1
-        where[(m, 0, n)] = (wholes[m], box, crop.shape[1] / crop.shape[0])  # the whole mark, read above
-        for i, j in pairs:
-            image, (x0, y0, x1, y1) = _piece(crop[:, edges[i]:edges[j]], box, edges[i])
-            if image is not None:
-                where[(m, i, j)] = (len(images), (x0, y0, x1, y1), (x1 - x0) / (y1 - y0))
-                images.append(image)
-    probs = model.predict(np.stack(images)) if images else np.zeros((0, len(model.classes)), np.float32)
-    found = {k: (v[0] if isinstance(v[0], np.ndarray) else probs[v[0]], v[1], v[2]) for k, v in where.items()}
+    wholes = _outputs(model, [to_28x28(c) for c, _ in crops])
+    best_whole = max(e for _, e in wholes)
+    lattices = [_lattice(crop, box, max(crop.shape[0], line)) if _in_doubt(q, e, box, line, best_whole) else (2, {})
+                for (crop, box), (q, e) in zip(crops, wholes, strict=True)]
+    outputs = iter(_outputs(model, [image for _, pieces in lattices for image, _ in pieces.values()]))
+    found = [{(0, n - 1): (*whole, box), **{k: (*next(outputs), b) for k, (_, b) in pieces.items()}}
+             for (n, pieces), whole, (_, box) in zip(lattices, wholes, crops, strict=True)]
+    chains = [_best_chain(n, list(f), lambda i, j, f=f: _piece_score(f[(i, j)], line), FIRST_PENALTY)
+              for (n, _), f in zip(lattices, found, strict=True)]
+    ref = max(f[k][1] for f, c in zip(found, chains, strict=True) for k in c)
     digits, boxes = [], []
-    for m, (_, box) in enumerate(crops):
-        if m not in segments:
-            chain = [(wholes[m], box)]
-        else:
-            edges, pairs = segments[m]
-            allowed = [(i, j) for i, j in [*pairs, (0, len(edges) - 1)] if (m, i, j) in found]
-            best = _best_chain(len(edges), allowed, lambda i, j, m=m: _piece_score(found[(m, i, j)][0],
-                                                                                  found[(m, i, j)][2]))
-            chain = [found[(m, i, j)][:2] for i, j in best]
-        for q, b in chain:
+    for (n, _), f in zip(lattices, found, strict=True):
+        for k in _best_chain(n, list(f), lambda i, j, f=f: _piece_score(f[(i, j)], line, ref), SPLIT_PENALTY):
+            q, _, b = f[k]
             digits.append((int(q.argmax()), float(q.max())))
             boxes.append(b)
     return digits, boxes
 
 
-def _piece_score(q: np.ndarray, aspect: float) -> float:
-    """How well a piece reads as one digit: the log-probability of its digit (q: the model's (C,)
-    probabilities over MNIST's classes) plus the log-likelihood of its shape (width / height of its ink)
-    for that digit, under ASPECT_LOG_NORMAL; shapes no digit has (two digits read as one, a third of a
-    0 read as a 1) cost what they are unlikely."""
+def _outputs(model: Any, images: list[np.ndarray]) -> list[tuple[np.ndarray, float]]:
+    """The model's (C,) probabilities and energy (the log-sum-exp of its logits) for each 28x28 image."""
+    if not images:
+        return []
+    probs, logits = model.predict(np.stack(images), logits=True)
+    top = logits.max(axis=1)
+    energies = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+    return [(q, float(e)) for q, e in zip(probs, energies, strict=True)]
+
+
+def _in_doubt(q: np.ndarray, energy: float, box: Box, line: float, best: float) -> bool:
+    """Whether a mark read whole (probabilities q, energy, working box) may hold more than one digit, or
+    less: wider than DOUBT_ASPECT line heights, read below DOUBT_PROBABILITY, its energy over DOUBT_ENERGY
+    under the line's best whole mark's, or its shape over DOUBT_Z standard deviations from its digit's."""
     k = int(q.argmax())
     mu, sd = ASPECT_LOG_NORMAL[k] if len(q) == len(ASPECT_LOG_NORMAL) else (-0.2, 0.3)
-    z = (math.log(max(aspect, 1e-3)) - mu) / sd
-    return math.log(max(float(q[k]), 1e-9)) - 0.5 * z * z
+    w, h = box[2] - box[0], box[3] - box[1]
+    z = (math.log(max(w / max(h, 1), 1e-3)) - mu) / sd
+    return (w > DOUBT_ASPECT * max(h, line) or float(q[k]) < DOUBT_PROBABILITY or energy < best - DOUBT_ENERGY
+            or abs(z) > DOUBT_Z)
 
 
-def _best_chain(n: int, pairs: list[tuple[int, int]], score: Any) -> list[tuple[int, int]]:
+def _lattice(crop: np.ndarray, box: Box, h: float) -> tuple[int, dict[tuple[int, int], tuple[np.ndarray, Box]]]:
+    """A mark over-cut: its cut paths (the mark's left and right edges among them, n in all) and the
+    pieces between paths i < j (not the whole mark, read already) at most MAX_PIECE_WIDTH line heights h
+    wide that hold ink, each as (28x28 image, working-scale box)."""
+    rows, w = crop.shape
+    paths = [np.zeros(rows, np.int64), *_cut_paths(crop, max(1, math.ceil(MAX_CUTS_PER_HEIGHT * w / h))),
+             np.full(rows, w, np.int64)]
+    cols = np.arange(w)
+    middle = [float(p.mean()) for p in paths]
+    pieces = {}
+    for i in range(len(paths)):
+        for j in range(i + 1, len(paths)):
+            if (i, j) == (0, len(paths) - 1) or middle[j] - middle[i] > MAX_PIECE_WIDTH * h:
+                continue
+            keep = (cols >= paths[i][:, None]) & (cols < paths[j][:, None])
+            image, piece_box = _piece(np.where(keep, crop, 0), box)
+            if image is not None:
+                pieces[(i, j)] = (image, piece_box)
+    return len(paths), pieces
+
+
+def _piece_score(piece: tuple[np.ndarray, float, Box], line: float, ref: float | None = None) -> float:
+    """How well a piece reads as one digit. piece: the model's (C,) probabilities, its energy (log-sum-exp
+    of the logits) and the piece's working-scale box; line: the line's digit height in working px; ref:
+    the line's reference energy (None: no energy term). The log-probability of its digit, plus the
+    log-likelihoods (Gaussian, up to a constant) of its shape (width / height of its ink, for that digit:
+    ASPECT_LOG_NORMAL), of its height when under the line's (log ratio, sd HEIGHT_SD: a fragment of a
+    digit is short), and of its energy when more than ENERGY_SLACK under ref (sd ENERGY_SD: the model's
+    logits are small on what it was not trained on, a fragment or two digits read as one, though its
+    softmax may be sure of them)."""
+    q, energy, (x0, y0, x1, y1) = piece
+    k = int(q.argmax())
+    mu, sd = ASPECT_LOG_NORMAL[k] if len(q) == len(ASPECT_LOG_NORMAL) else (-0.2, 0.3)
+    z = (math.log(max((x1 - x0) / max(y1 - y0, 1), 1e-3)) - mu) / sd
+    zh = min(math.log(max(y1 - y0, 1) / line), 0.0) / HEIGHT_SD
+    ze = 0.0 if ref is None else min(energy - ref + ENERGY_SLACK, 0.0) / ENERGY_SD
+    return math.log(max(float(q[k]), 1e-9)) - 0.5 * (z * z + zh * zh + ze * ze)
+
+
+def _best_chain(n: int, pairs: list[tuple[int, int]], score: Any, penalty: float) -> list[tuple[int, int]]:
     """The chain of pieces (i, j) from boundary 0 to n - 1 with the largest total score(i, j) minus
-    SPLIT_PENALTY per piece; pieces without ink may be skipped over (they hold nothing to read)."""
+    penalty per piece; pieces without ink may be skipped over (they hold nothing to read)."""
     best: dict[int, tuple[float, list[tuple[int, int]]]] = {0: (0.0, [])}
     ends = {j for _, j in pairs}
     for j in range(1, n):
-        options = [(best[i][0] + score(i, j) - SPLIT_PENALTY, best[i][1] + [(i, j)])
+        options = [(best[i][0] + score(i, j) - penalty, best[i][1] + [(i, j)])
                    for i, jj in pairs if jj == j and i in best]
         if j not in ends and j - 1 in best:  # a boundary no piece ends at: carry the chain through the gap
             options.append(best[j - 1])
@@ -213,34 +256,74 @@ def _best_chain(n: int, pairs: list[tuple[int, int]], score: Any) -> list[tuple[
     return best.get(n - 1, (0.0, []))[1]
 
 
-def _candidate_cuts(crop: np.ndarray) -> list[int]:
-    """Columns where a mark (ink crop, float 0..1, (h, w)) may be cut into digits: the local minima of
-    its column projection, deepest first, each at least a tenth of the height from the others and the
-    ends, at most MAX_CUTS_PER_HEIGHT per height of width."""
+def _cut_paths(crop: np.ndarray, most: int) -> list[np.ndarray]:
+    """Where a mark (ink crop, float 0..1, (h, w)) may be cut into digits: paths from its top row to its
+    bottom row, one column per row (int64 (h,)), through the least ink, left to right. Minimum-cost paths
+    (as in seam carving, or the drop-fall cuts of digit-string readers) over the ink, each pixel costing
+    its ink plus CUT_FLOOR and each sideways step CUT_STEP, so a cut follows the slant of the writing and
+    the valley between two digits whose ink overlaps in columns, where a straight cut would cross both.
+    The candidates are the cheapest whole paths through the minima of that cost along a few rows,
+    cheapest first; of paths that leave the same ink on their left (within CUT_SAME of the mark's ink)
+    only the cheapest is kept, and so are paths with under CUT_SAME of the ink on one side; at most most."""
     h, w = crop.shape
-    profile = np.convolve(crop.sum(axis=0), np.ones(3) / 3, mode="same")
-    margin = max(2, int(0.1 * h))
-    minima = [x for x in range(margin, w - margin)
-              if profile[x] <= profile[x - 1] and profile[x] <= profile[x + 1]]
-    most = max(1, math.ceil(MAX_CUTS_PER_HEIGHT * w / h))
-    chosen: list[int] = []
-    for x in sorted(minima, key=lambda x: profile[x]):
-        if all(abs(x - c) >= margin for c in chosen):
-            chosen.append(x)
-        if len(chosen) == most:
+    cost = crop.astype(np.float32) + np.float32(CUT_FLOOR)
+    down, came_down = _path_costs(cost)
+    up, came_up = _path_costs(cost[::-1])
+    through = down + up[::-1] - cost  # the cheapest whole path through each pixel
+    starts = []
+    for y in sorted({h // 4, h // 2, (3 * h) // 4}):
+        t = through[y]
+        xs = 1 + np.flatnonzero((t[1:-1] <= t[:-2]) & (t[1:-1] < t[2:]))  # the row's minima
+        starts += [(float(t[x]), y, int(x)) for x in xs]
+    if not starts:
+        return []
+    starts.sort()
+    paths = np.empty((len(starts), h), np.int64)
+    for y0 in {y for _, y, _ in starts}:  # traced up (came_down) and down (came_up) from their start row
+        ks = np.array([k for k, (_, y, _) in enumerate(starts) if y == y0])
+        paths[ks, y0] = [starts[k][2] for k in ks]
+        for y in range(y0, 0, -1):
+            paths[ks, y - 1] = paths[ks, y] + came_down[y, paths[ks, y]]
+        for y in range(y0, h - 1):
+            paths[ks, y + 1] = paths[ks, y] + came_up[h - 1 - y, paths[ks, y]]
+    rows = np.arange(h)
+    left = np.cumsum(np.pad(crop, ((0, 0), (1, 0))), axis=1)[rows, paths].sum(axis=1)  # ink left of each path
+    total = float(crop.sum())
+    same = CUT_SAME * total * h / max(w, h)  # a share of the ink of one digit-sized square of the mark
+    kept: list[int] = []
+    for k in range(len(starts)):
+        if same <= left[k] <= total - same and all(abs(left[k] - left[j]) > same for j in kept):
+            kept.append(k)
+        if len(kept) == most:
             break
-    return sorted(chosen)
+    return [paths[k] for k in sorted(kept, key=lambda k: left[k])]
 
 
-def _piece(crop: np.ndarray, box: Box, offset: int) -> tuple[np.ndarray | None, Box]:
-    """A piece of a mark (ink columns, float 0..1) trimmed to its ink and made 28x28 (None without ink),
-    with its working-scale box (the mark's box shifted by the piece's column offset)."""
+def _path_costs(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The cheapest path's cost from the top row to each pixel of cost (float32 (h, w)), moving down one
+    row and at most one column at a time (each sideways step costing CUT_STEP), and the step (-1, 0, +1)
+    that reached each pixel from the row above: float32 (h, w), int64 (h, w)."""
+    h, w = cost.shape
+    total, came = np.empty_like(cost), np.zeros((h, w), np.int64)
+    total[0] = cost[0]
+    prev = np.full(w + 2, np.inf, np.float32)  # the row above, walled at both ends
+    for y in range(1, h):
+        prev[1:-1] = total[y - 1]
+        left, right = prev[:-2] + CUT_STEP, prev[2:] + CUT_STEP
+        best = np.minimum(np.minimum(left, prev[1:-1]), right)
+        came[y] = np.where(best == prev[1:-1], 0, np.where(best == left, -1, 1))
+        total[y] = best + cost[y]
+    return total, came
+
+
+def _piece(crop: np.ndarray, box: Box) -> tuple[np.ndarray | None, Box]:
+    """A piece of a mark (the mark's crop with the ink outside the piece zeroed, float 0..1) trimmed to its
+    ink and made 28x28 (None without ink enough to read), with its working-scale box."""
     rows, cols = np.flatnonzero(crop.max(axis=1) > 0), np.flatnonzero(crop.max(axis=0) > 0)
     if not len(rows) or float(crop.sum()) < 0.02 * crop.shape[0] ** 2:
         return None, box
     trimmed = crop[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-    x0 = box[0] + offset
-    return to_28x28(trimmed), (x0 + int(cols[0]), box[1] + int(rows[0]), x0 + int(cols[-1]) + 1,
+    return to_28x28(trimmed), (box[0] + int(cols[0]), box[1] + int(rows[0]), box[0] + int(cols[-1]) + 1,
                                box[1] + int(rows[-1]) + 1)
 
 
