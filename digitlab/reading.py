@@ -7,12 +7,16 @@ dropped), and each digit's ink through MNIST's own recipe (to_28x28) before the 
 - Short marks: find_marks() keeps marks at least half the tallest one's height (right for one digit);
   a line of digits also holds flat ones (a low 2 beside a tall 7), so pieces left out that are 40% of
   the line's median digit height are read as digits too.
-- Touching digits: a mark wider than SPLIT_ASPECT line heights, or WIDE_MARK times the line's median
-  mark, or read below the model's calibrated threshold, is over-cut at the minima of its column
-  projection; its reading is the chain of pieces (the whole mark among them) with the largest sum of
-  log-probability of each piece's digit plus the log-likelihood of the piece's shape for that digit
-  (ASPECT_LOG_NORMAL, from MNIST), less SPLIT_PENALTY per digit: a small dynamic programme over the
-  alternatives, chosen by the classifier, not a fixed width rule.
+- Touching digits: a mark in doubt (wider than DOUBT_ASPECT line heights, read below DOUBT_PROBABILITY,
+  or shaped unlike its digit) is over-cut along minimum-cost paths from its top to its bottom through
+  the least ink (_cut_paths), which follow the writing's slant and the valley between two digits whose
+  ink overlaps in columns, where no straight vertical cut exists. Its reading is the chain of pieces
+  (the whole mark among them) with the largest sum of each piece's score, less SPLIT_PENALTY per digit:
+  a small dynamic programme over the alternatives, chosen by the classifier, not a fixed width rule.
+  A piece's score (_piece_score): the log-probability of its digit, and the log-likelihoods of its
+  shape for that digit (ASPECT_LOG_NORMAL, from MNIST), of its height against the line's, and of its
+  energy (the log-sum-exp of the logits) against the line's reference: the softmax is sure of a
+  fragment of a digit or of two digits read as one, but its logits are smaller there.
 - Separators: a small round mark low in the line is a decimal point or comma, reported as "."; a flat
   mark across the middle is a dash, reported as "-". They appear in `text` only, never in `digits`.
   A slash is as tall as a digit and is read as one (usually "1").
@@ -36,21 +40,21 @@ READ_SIDE = 256  # the first working long side for a number (a line of ~6 digits
 DIGIT_PX = 32  # working height wanted for a digit: to_28x28 fits the ink to 20 px, so a little more
 MAX_WORK_SIDE = 4096  # the working scale never exceeds this long side (memory: a float32 map of ~32 MB at most)
 DOUBT_ASPECT = 0.9  # a mark read whole is cut and searched when wider than this many line heights, ...
-DOUBT_PROBABILITY = 0.9  # ... or read below this probability, ...
-DOUBT_ENERGY = 4.0  # ... or its energy is this far under the line's best whole mark's, ...
+DOUBT_PROBABILITY = 0.99  # ... or read below this probability, ...
 DOUBT_Z = 2.0  # ... or its width / height is this many standard deviations from its digit's (ASPECT_LOG_NORMAL)
 SHORT_DIGIT = 0.4  # a piece this many times the line's median digit height is a digit, not a separator
 MAX_PIECE_WIDTH = 1.2  # a piece of a cut mark is at most this many heights wide
-MAX_CUTS_PER_HEIGHT = 5  # candidate cut paths per height of a mark's width (bounds the search)
+MAX_CUTS_PER_HEIGHT = 3  # candidate cut paths per height of a mark's width (bounds the search)
 CUT_FLOOR = 0.05  # what a paper pixel costs a cut path (ink: up to 1 more): among inkless paths, the straightest
 CUT_STEP = 0.5  # what a cut path's sideways step costs: a slant of 0.15 over a 32 px digit is ~5 steps
+CUT_ROWS = (0.25, 0.5, 0.75)  # cut paths go through the minima of the cheapest paths' cost along these rows (of h)
 CUT_SAME = 0.1  # cut paths whose left ink differs by less than this share of a digit's ink are one cut
 FIRST_PENALTY = 0.5  # log-probability each digit costs in the first pass (no energy term: the classifier is sure
 # of fragments and of two digits read as one, so more digits must pay)
-SPLIT_PENALTY = -1.0  # ... and in the second, with the energy term: a bonus (too few digits was the rarer right answer)
+SPLIT_PENALTY = -2.0  # ... and in the second, with the energy term: a bonus (too few digits was the rarer right answer)
 HEIGHT_SD = 0.15  # a piece shorter than the line costs (log(height / line) / HEIGHT_SD)^2 / 2
-ENERGY_SLACK = 4.0  # a piece's energy may fall this far under the line's reference before it costs ...
-ENERGY_SD = 0.7  # ... ((energy - reference + ENERGY_SLACK) / ENERGY_SD)^2 / 2; these five tuned on strings of
+ENERGY_SLACK = 3.0  # a piece's energy may fall this far under the line's reference before it costs ...
+ENERGY_SD = 1.0  # ... ((energy - reference + ENERGY_SLACK) / ENERGY_SD)^2 / 2; these five tuned on strings of
 # MNIST *training* digits 50,000-59,999 (never the benchmark's test digits), with the `fast` model
 # The log of each MNIST digit's ink width / height: mean and standard deviation per class 0..9, measured on
 # the 60,000 training images (ink > 25 of 255).
@@ -162,9 +166,8 @@ def _read_marks(model: Any, ink: np.ndarray, marks: list[list[Box]]) -> tuple[li
     crops = [_mark_ink(ink, m) for m in marks]
     line = float(np.median([c.shape[0] for c, _ in crops]))  # the line's digit height
     wholes = _outputs(model, [to_28x28(c) for c, _ in crops])
-    best_whole = max(e for _, e in wholes)
-    lattices = [_lattice(crop, box, max(crop.shape[0], line)) if _in_doubt(q, e, box, line, best_whole) else (2, {})
-                for (crop, box), (q, e) in zip(crops, wholes, strict=True)]
+    lattices = [_lattice(crop, box, max(crop.shape[0], line)) if _in_doubt(q, box, line) else (2, {})
+                for (crop, box), (q, _) in zip(crops, wholes, strict=True)]
     outputs = iter(_outputs(model, [image for _, pieces in lattices for image, _ in pieces.values()]))
     found = [{(0, n - 1): (*whole, box), **{k: (*next(outputs), b) for k, (_, b) in pieces.items()}}
              for (n, pieces), whole, (_, box) in zip(lattices, wholes, crops, strict=True)]
@@ -190,16 +193,15 @@ def _outputs(model: Any, images: list[np.ndarray]) -> list[tuple[np.ndarray, flo
     return [(q, float(e)) for q, e in zip(probs, energies, strict=True)]
 
 
-def _in_doubt(q: np.ndarray, energy: float, box: Box, line: float, best: float) -> bool:
-    """Whether a mark read whole (probabilities q, energy, working box) may hold more than one digit, or
-    less: wider than DOUBT_ASPECT line heights, read below DOUBT_PROBABILITY, its energy over DOUBT_ENERGY
-    under the line's best whole mark's, or its shape over DOUBT_Z standard deviations from its digit's."""
+def _in_doubt(q: np.ndarray, box: Box, line: float) -> bool:
+    """Whether a mark read whole (probabilities q, working box) may hold more than one digit, or less:
+    wider than DOUBT_ASPECT line heights, read below DOUBT_PROBABILITY, or its shape (width / height) over
+    DOUBT_Z standard deviations from its digit's (ASPECT_LOG_NORMAL)."""
     k = int(q.argmax())
     mu, sd = ASPECT_LOG_NORMAL[k] if len(q) == len(ASPECT_LOG_NORMAL) else (-0.2, 0.3)
     w, h = box[2] - box[0], box[3] - box[1]
     z = (math.log(max(w / max(h, 1), 1e-3)) - mu) / sd
-    return (w > DOUBT_ASPECT * max(h, line) or float(q[k]) < DOUBT_PROBABILITY or energy < best - DOUBT_ENERGY
-            or abs(z) > DOUBT_Z)
+    return w > DOUBT_ASPECT * max(h, line) or float(q[k]) < DOUBT_PROBABILITY or abs(z) > DOUBT_Z
 
 
 def _lattice(crop: np.ndarray, box: Box, h: float) -> tuple[int, dict[tuple[int, int], tuple[np.ndarray, Box]]]:
@@ -267,11 +269,10 @@ def _cut_paths(crop: np.ndarray, most: int) -> list[np.ndarray]:
     only the cheapest is kept, and so are paths with under CUT_SAME of the ink on one side; at most most."""
     h, w = crop.shape
     cost = crop.astype(np.float32) + np.float32(CUT_FLOOR)
-    down, came_down = _path_costs(cost)
-    up, came_up = _path_costs(cost[::-1])
+    down, up = _path_costs(cost), _path_costs(cost[::-1])
     through = down + up[::-1] - cost  # the cheapest whole path through each pixel
     starts = []
-    for y in sorted({h // 4, h // 2, (3 * h) // 4}):
+    for y in sorted({int(f * h) for f in CUT_ROWS}):
         t = through[y]
         xs = 1 + np.flatnonzero((t[1:-1] <= t[:-2]) & (t[1:-1] < t[2:]))  # the row's minima
         starts += [(float(t[x]), y, int(x)) for x in xs]
@@ -279,13 +280,12 @@ def _cut_paths(crop: np.ndarray, most: int) -> list[np.ndarray]:
         return []
     starts.sort()
     paths = np.empty((len(starts), h), np.int64)
-    for y0 in {y for _, y, _ in starts}:  # traced up (came_down) and down (came_up) from their start row
+    down, up = (np.pad(t, ((0, 0), (1, 1)), constant_values=np.inf) for t in (down, up))
+    for y0 in {y for _, y, _ in starts}:  # traced up (on down's costs) and down (on up's) from their start row
         ks = np.array([k for k, (_, y, _) in enumerate(starts) if y == y0])
-        paths[ks, y0] = [starts[k][2] for k in ks]
-        for y in range(y0, 0, -1):
-            paths[ks, y - 1] = paths[ks, y] + came_down[y, paths[ks, y]]
-        for y in range(y0, h - 1):
-            paths[ks, y + 1] = paths[ks, y] + came_up[h - 1 - y, paths[ks, y]]
+        xs = np.array([starts[k][2] for k in ks])
+        paths[np.ix_(ks, np.arange(y0, -1, -1))] = _trace(down, xs, y0)
+        paths[np.ix_(ks, np.arange(y0, h))] = _trace(up, xs, h - 1 - y0)
     rows = np.arange(h)
     left = np.cumsum(np.pad(crop, ((0, 0), (1, 0))), axis=1)[rows, paths].sum(axis=1)  # ink left of each path
     total = float(crop.sum())
@@ -299,21 +299,30 @@ def _cut_paths(crop: np.ndarray, most: int) -> list[np.ndarray]:
     return [paths[k] for k in sorted(kept, key=lambda k: left[k])]
 
 
-def _path_costs(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _path_costs(cost: np.ndarray) -> np.ndarray:
     """The cheapest path's cost from the top row to each pixel of cost (float32 (h, w)), moving down one
-    row and at most one column at a time (each sideways step costing CUT_STEP), and the step (-1, 0, +1)
-    that reached each pixel from the row above: float32 (h, w), int64 (h, w)."""
+    row and at most one column at a time, each sideways step costing CUT_STEP: float32 (h, w)."""
     h, w = cost.shape
-    total, came = np.empty_like(cost), np.zeros((h, w), np.int64)
+    total = np.empty_like(cost)
     total[0] = cost[0]
     prev = np.full(w + 2, np.inf, np.float32)  # the row above, walled at both ends
     for y in range(1, h):
         prev[1:-1] = total[y - 1]
-        left, right = prev[:-2] + CUT_STEP, prev[2:] + CUT_STEP
-        best = np.minimum(np.minimum(left, prev[1:-1]), right)
-        came[y] = np.where(best == prev[1:-1], 0, np.where(best == left, -1, 1))
-        total[y] = best + cost[y]
-    return total, came
+        total[y] = np.minimum(np.minimum(prev[:-2], prev[2:]) + CUT_STEP, prev[1:-1]) + cost[y]
+    return total
+
+
+def _trace(walled: np.ndarray, xs: np.ndarray, row: int) -> np.ndarray:
+    """The cheapest paths back to row 0 of a _path_costs table (h, w), given walled (with a column of inf
+    either side: (h, w + 2)), from columns xs (int64 (k,)) of row `row`: int64 (k, row + 1), the columns
+    at rows row, row - 1, ..., 0."""
+    steps = np.array([CUT_STEP, 0.0, CUT_STEP], np.float32)
+    out = np.empty((len(xs), row + 1), np.int64)
+    out[:, 0] = xs
+    for i, r in enumerate(range(row, 0, -1)):
+        ahead = walled[r - 1][out[:, i, None] + np.arange(3)] + steps  # the columns x - 1, x, x + 1 above
+        out[:, i + 1] = out[:, i] + ahead.argmin(axis=1) - 1
+    return out
 
 
 def _piece(crop: np.ndarray, box: Box) -> tuple[np.ndarray | None, Box]:
