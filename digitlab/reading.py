@@ -49,6 +49,8 @@ CUT_FLOOR = 0.05  # what a paper pixel costs a cut path (ink: up to 1 more): amo
 CUT_STEP = 0.5  # what a cut path's sideways step costs: a slant of 0.15 over a 32 px digit is ~5 steps
 CUT_ROWS = (0.25, 0.5, 0.75)  # cut paths go through the minima of the cheapest paths' cost along these rows (of h)
 CUT_SAME = 0.1  # cut paths whose left ink differs by less than this share of a digit's ink are one cut
+CUT_INK = 0.5  # what a cut costs per stroke of ink it crosses, ...
+STROKE = 0.11  # ... a stroke being this many digit heights wide (MNIST: ~2.2 px of 20)
 FIRST_PENALTY = 0.5  # log-probability each digit costs in the first pass (no energy term: the classifier is sure
 # of fragments and of two digits read as one, so more digits must pay)
 SPLIT_PENALTY = -2.0  # ... and in the second, with the energy term: a bonus (too few digits was the rarer right answer)
@@ -166,21 +168,29 @@ def _read_marks(model: Any, ink: np.ndarray, marks: list[list[Box]]) -> tuple[li
     crops = [_mark_ink(ink, m) for m in marks]
     line = float(np.median([c.shape[0] for c, _ in crops]))  # the line's digit height
     wholes = _outputs(model, [to_28x28(c) for c, _ in crops])
-    lattices = [_lattice(crop, box, max(crop.shape[0], line)) if _in_doubt(q, box, line) else (2, {})
+    lattices = [_lattice(crop, box, max(crop.shape[0], line)) if _in_doubt(q, box, line) else (2, {}, [0.0, 0.0])
                 for (crop, box), (q, _) in zip(crops, wholes, strict=True)]
-    outputs = iter(_outputs(model, [image for _, pieces in lattices for image, _ in pieces.values()]))
+    outputs = iter(_outputs(model, [image for _, pieces, _ in lattices for image, _ in pieces.values()]))
     found = [{(0, n - 1): (*whole, box), **{k: (*next(outputs), b) for k, (_, b) in pieces.items()}}
-             for (n, pieces), whole, (_, box) in zip(lattices, wholes, crops, strict=True)]
-    chains = [_best_chain(n, list(f), lambda i, j, f=f: _piece_score(f[(i, j)], line), FIRST_PENALTY)
-              for (n, _), f in zip(lattices, found, strict=True)]
+             for (n, pieces, _), whole, (_, box) in zip(lattices, wholes, crops, strict=True)]
+    chains = [_best_chain(n, list(f), _chain_score(f, crossed, line, None), FIRST_PENALTY)
+              for (n, _, crossed), f in zip(lattices, found, strict=True)]
     ref = max(f[k][1] for f, c in zip(found, chains, strict=True) for k in c)
     digits, boxes = [], []
-    for (n, _), f in zip(lattices, found, strict=True):
-        for k in _best_chain(n, list(f), lambda i, j, f=f: _piece_score(f[(i, j)], line, ref), SPLIT_PENALTY):
+    for (n, _, crossed), f in zip(lattices, found, strict=True):
+        for k in _best_chain(n, list(f), _chain_score(f, crossed, line, ref), SPLIT_PENALTY):
             q, _, b = f[k]
             digits.append((int(q.argmax()), float(q.max())))
             boxes.append(b)
     return digits, boxes
+
+
+def _chain_score(found: dict[tuple[int, int], tuple[np.ndarray, float, Box]], crossed: list[float], line: float,
+                 ref: float | None) -> Any:
+    """score(i, j) for _best_chain: piece (i, j)'s _piece_score, less CUT_INK per stroke its left cut
+    crosses (crossed[i]: the ink on cut path i over a stroke's width, STROKE line heights; 0 at the mark's
+    edges): a boundary between touching digits crosses little ink, a cut through one digit more."""
+    return lambda i, j: _piece_score(found[(i, j)], line, ref) - CUT_INK * crossed[i] / (STROKE * line)
 
 
 def _outputs(model: Any, images: list[np.ndarray]) -> list[tuple[np.ndarray, float]]:
@@ -204,10 +214,11 @@ def _in_doubt(q: np.ndarray, box: Box, line: float) -> bool:
     return w > DOUBT_ASPECT * max(h, line) or float(q[k]) < DOUBT_PROBABILITY or abs(z) > DOUBT_Z
 
 
-def _lattice(crop: np.ndarray, box: Box, h: float) -> tuple[int, dict[tuple[int, int], tuple[np.ndarray, Box]]]:
-    """A mark over-cut: its cut paths (the mark's left and right edges among them, n in all) and the
-    pieces between paths i < j (not the whole mark, read already) at most MAX_PIECE_WIDTH line heights h
-    wide that hold ink, each as (28x28 image, working-scale box)."""
+def _lattice(crop: np.ndarray, box: Box, h: float) -> tuple[int, dict[tuple[int, int], tuple[np.ndarray, Box]],
+                                                             list[float]]:
+    """A mark over-cut: its cut paths (the mark's left and right edges among them, n in all), the pieces
+    between paths i < j (not the whole mark, read already) at most MAX_PIECE_WIDTH line heights h wide
+    that hold ink, each as (28x28 image, working-scale box), and the ink each path crosses (n,)."""
     rows, w = crop.shape
     paths = [np.zeros(rows, np.int64), *_cut_paths(crop, max(1, math.ceil(MAX_CUTS_PER_HEIGHT * w / h))),
              np.full(rows, w, np.int64)]
@@ -222,7 +233,8 @@ def _lattice(crop: np.ndarray, box: Box, h: float) -> tuple[int, dict[tuple[int,
             image, piece_box = _piece(np.where(keep, crop, 0), box)
             if image is not None:
                 pieces[(i, j)] = (image, piece_box)
-    return len(paths), pieces
+    crossed = [float(crop[np.arange(rows), np.minimum(p, w - 1)].sum()) for p in paths]
+    return len(paths), pieces, [0.0, *crossed[1:-1], 0.0]
 
 
 def _piece_score(piece: tuple[np.ndarray, float, Box], line: float, ref: float | None = None) -> float:
@@ -279,13 +291,10 @@ def _cut_paths(crop: np.ndarray, most: int) -> list[np.ndarray]:
     if not starts:
         return []
     starts.sort()
-    paths = np.empty((len(starts), h), np.int64)
-    down, up = (np.pad(t, ((0, 0), (1, 1)), constant_values=np.inf) for t in (down, up))
-    for y0 in {y for _, y, _ in starts}:  # traced up (on down's costs) and down (on up's) from their start row
-        ks = np.array([k for k, (_, y, _) in enumerate(starts) if y == y0])
-        xs = np.array([starts[k][2] for k in ks])
-        paths[np.ix_(ks, np.arange(y0, -1, -1))] = _trace(down, xs, y0)
-        paths[np.ix_(ks, np.arange(y0, h))] = _trace(up, xs, h - 1 - y0)
+    y0s, xs = np.array([y for _, y, _ in starts]), np.array([x for _, _, x in starts])
+    walled = [np.pad(t, ((0, 0), (1, 1)), constant_values=np.inf) for t in (down, up)]
+    paths = _trace(walled[0], y0s, xs)  # up from each start row, on the costs from the top ...
+    paths[:, ::-1] = np.maximum(paths[:, ::-1], _trace(walled[1], h - 1 - y0s, xs))  # ... and down, from the bottom
     rows = np.arange(h)
     left = np.cumsum(np.pad(crop, ((0, 0), (1, 0))), axis=1)[rows, paths].sum(axis=1)  # ink left of each path
     total = float(crop.sum())
@@ -312,16 +321,17 @@ def _path_costs(cost: np.ndarray) -> np.ndarray:
     return total
 
 
-def _trace(walled: np.ndarray, xs: np.ndarray, row: int) -> np.ndarray:
-    """The cheapest paths back to row 0 of a _path_costs table (h, w), given walled (with a column of inf
-    either side: (h, w + 2)), from columns xs (int64 (k,)) of row `row`: int64 (k, row + 1), the columns
-    at rows row, row - 1, ..., 0."""
+def _trace(walled: np.ndarray, starts: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """The cheapest paths back to row 0 of a _path_costs table, given walled (with a column of inf either
+    side: (h, w + 2)), from column xs[k] of row starts[k] (int64 (k,) each): int64 (k, h), each path's
+    column at rows 0..starts[k], and -1 below its start row."""
     steps = np.array([CUT_STEP, 0.0, CUT_STEP], np.float32)
-    out = np.empty((len(xs), row + 1), np.int64)
-    out[:, 0] = xs
-    for i, r in enumerate(range(row, 0, -1)):
-        ahead = walled[r - 1][out[:, i, None] + np.arange(3)] + steps  # the columns x - 1, x, x + 1 above
-        out[:, i + 1] = out[:, i] + ahead.argmin(axis=1) - 1
+    out = np.full((len(xs), walled.shape[0]), -1, np.int64)
+    out[np.arange(len(xs)), starts] = xs
+    for r in range(int(starts.max()), 0, -1):
+        on = np.flatnonzero(starts >= r)  # the paths that have reached row r
+        ahead = walled[r - 1][out[on, r, None] + np.arange(3)] + steps  # the columns x - 1, x, x + 1 above
+        out[on, r - 1] = out[on, r] + ahead.argmin(axis=1) - 1
     return out
 
 
