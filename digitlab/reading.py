@@ -57,8 +57,9 @@ FIRST_PENALTY = 0.5  # log-probability each digit costs in the first pass (no en
 SPLIT_PENALTY = -2.0  # ... and in the second, with the energy term: a bonus (too few digits was the rarer right answer)
 HEIGHT_SD = 0.15  # a piece shorter than the line costs (log(height / line) / HEIGHT_SD)^2 / 2
 ENERGY_SLACK = 3.0  # a piece's energy may fall this far under the line's reference before it costs ...
-ENERGY_SD = 1.0  # ... ((energy - reference + ENERGY_SLACK) / ENERGY_SD)^2 / 2; these five tuned on strings of
-# MNIST *training* digits 50,000-59,999 (never the benchmark's test digits), with the `fast` model
+ENERGY_SD = 1.0  # ... ((energy - reference + ENERGY_SLACK) / ENERGY_SD)^2 / 2
+# The DOUBT_, CUT_ and the five constants above tuned on strings of MNIST *training* digits 50,000-59,999 drawn
+# as benchmarks/read_numbers.py draws its test digits (never on the benchmark's strings), with a `fast` model.
 # The log of each MNIST digit's ink width / height: mean and standard deviation per class 0..9, measured on
 # the 60,000 training images (ink > 25 of 255).
 ASPECT_LOG_NORMAL = [(-0.10, 0.18), (-0.88, 0.44), (-0.06, 0.20), (-0.21, 0.20), (-0.22, 0.20), (-0.07, 0.24),
@@ -275,11 +276,12 @@ def _cut_paths(crop: np.ndarray, most: int) -> list[np.ndarray]:
     """Where a mark (ink crop, float 0..1, (h, w)) may be cut into digits: paths from its top row to its
     bottom row, one column per row (int64 (h,)), through the least ink, left to right. Minimum-cost paths
     (as in seam carving, or the drop-fall cuts of digit-string readers) over the ink, each pixel costing
-    its ink plus CUT_FLOOR and each sideways step CUT_STEP, so a cut follows the slant of the writing and
-    the valley between two digits whose ink overlaps in columns, where a straight cut would cross both.
-    The candidates are the cheapest whole paths through the minima of that cost along a few rows,
-    cheapest first; of paths that leave the same ink on their left (within CUT_SAME of the mark's ink)
-    only the cheapest is kept, and so are paths with under CUT_SAME of the ink on one side; at most most."""
+    its ink plus CUT_FLOOR and each sideways step CUT_STEP (on rows taken in pairs for a mark CUT_POOL_FROM
+    px tall or more), so a cut follows the slant of the writing and the valley between two digits whose
+    ink overlaps in columns, where a straight cut would cross both. The candidates are the cheapest whole
+    paths through the minima of that cost along the rows CUT_ROWS, cheapest first; of paths that leave the
+    same ink on their left (within CUT_SAME of a digit-sized square's ink) only the cheapest is kept, none
+    with less than that on one side; at most `most`."""
     h, w = crop.shape
     f = 2 if h >= CUT_POOL_FROM else 1  # rows taken in pairs: a sideways step per pair, a slant up to 1 in 2
     pooled = np.pad(crop, ((0, -h % f), (0, 0))).reshape(-(-h // f), f, w).sum(axis=1)
