@@ -7,12 +7,16 @@ dropped), and each digit's ink through MNIST's own recipe (to_28x28) before the 
 - Short marks: find_marks() keeps marks at least half the tallest one's height (right for one digit);
   a line of digits also holds flat ones (a low 2 beside a tall 7), so pieces left out that are 40% of
   the line's median digit height are read as digits too.
-- Touching digits: a mark wider than SPLIT_ASPECT line heights, or WIDE_MARK times the line's median
-  mark, or read below the model's calibrated threshold, is over-cut at the minima of its column
-  projection; its reading is the chain of pieces (the whole mark among them) with the largest sum of
-  log-probability of each piece's digit plus the log-likelihood of the piece's shape for that digit
-  (ASPECT_LOG_NORMAL, from MNIST), less SPLIT_PENALTY per digit: a small dynamic programme over the
-  alternatives, chosen by the classifier, not a fixed width rule.
+- Touching digits: a mark in doubt (wider than DOUBT_ASPECT line heights, read below DOUBT_PROBABILITY,
+  or shaped unlike its digit) is over-cut along minimum-cost paths from its top to its bottom through
+  the least ink (_cut_paths), which follow the writing's slant and the valley between two digits whose
+  ink overlaps in columns, where no straight vertical cut exists. Its reading is the chain of pieces
+  (the whole mark among them) with the largest sum of each piece's score, less SPLIT_PENALTY per digit:
+  a small dynamic programme over the alternatives, chosen by the classifier, not a fixed width rule.
+  A piece's score (_piece_score): the log-probability of its digit, and the log-likelihoods of its
+  shape for that digit (ASPECT_LOG_NORMAL, from MNIST), of its height against the line's, and of its
+  energy (the log-sum-exp of the logits) against the line's reference: the softmax is sure of a
+  fragment of a digit or of two digits read as one, but its logits are smaller there.
 - Separators: a small round mark low in the line is a decimal point or comma, reported as "."; a flat
   mark across the middle is a dash, reported as "-". They appear in `text` only, never in `digits`.
   A slash is as tall as a digit and is read as one (usually "1").
@@ -35,13 +39,27 @@ MAX_MARKS = 32  # marks read in one picture; more is a page of text, read in par
 READ_SIDE = 256  # the first working long side for a number (a line of ~6 digits gets ~30 px each)
 DIGIT_PX = 32  # working height wanted for a digit: to_28x28 fits the ink to 20 px, so a little more
 MAX_WORK_SIDE = 4096  # the working scale never exceeds this long side (memory: a float32 map of ~32 MB at most)
-SPLIT_ASPECT = 1.3  # a mark wider than this many heights (MNIST's 99th percentile: 1.43) is cut and searched,
-# and so is any mark the model reads below its calibrated threshold
-WIDE_MARK = 1.5  # ... and so is a mark this many times wider than the line's median mark
+DOUBT_ASPECT = 0.9  # a mark read whole is cut and searched when wider than this many line heights, ...
+DOUBT_PROBABILITY = 0.95  # ... or read below this probability, ...
+DOUBT_Z = 2.0  # ... or its width / height is this many standard deviations from its digit's (ASPECT_LOG_NORMAL)
 SHORT_DIGIT = 0.4  # a piece this many times the line's median digit height is a digit, not a separator
 MAX_PIECE_WIDTH = 1.2  # a piece of a cut mark is at most this many heights wide
-MAX_CUTS_PER_HEIGHT = 3  # candidate cuts per height of a mark's width (bounds the search)
-SPLIT_PENALTY = 0.5  # log-probability each digit costs (0, 0.5, 1, 2 tried on benchmarks/read_numbers.py)
+MAX_CUTS_PER_HEIGHT = 3  # candidate cut paths per height of a mark's width (bounds the search)
+CUT_FLOOR = 0.05  # what a paper pixel costs a cut path (ink: up to 1 more): among inkless paths, the straightest
+CUT_STEP = 0.5  # what a cut path's sideways step costs: a slant of 0.15 over a 32 px digit is ~5 steps
+CUT_POOL_FROM = 32  # marks at least this many px tall have their cut paths found on pairs of rows (half the work)
+CUT_ROWS = (0.25, 0.5, 0.75)  # cut paths go through the minima of the cheapest paths' cost along these rows (of h)
+CUT_SAME = 0.1  # cut paths whose left ink differs by less than this share of a digit's ink are one cut
+CUT_INK = 0.5  # what a cut costs per stroke of ink it crosses, ...
+STROKE = 0.11  # ... a stroke being this many digit heights wide (MNIST: ~2.2 px of 20)
+FIRST_PENALTY = 0.5  # log-probability each digit costs in the first pass (no energy term: the classifier is sure
+# of fragments and of two digits read as one, so more digits must pay)
+SPLIT_PENALTY = -2.0  # ... and in the second, with the energy term: a bonus (too few digits was the rarer right answer)
+HEIGHT_SD = 0.15  # a piece shorter than the line costs (log(height / line) / HEIGHT_SD)^2 / 2
+ENERGY_SLACK = 3.0  # a piece's energy may fall this far under the line's reference before it costs ...
+ENERGY_SD = 1.0  # ... ((energy - reference + ENERGY_SLACK) / ENERGY_SD)^2 / 2
+# The DOUBT_, CUT_ and the five constants above tuned on strings of MNIST *training* digits 50,000-59,999 drawn
+# as benchmarks/read_numbers.py draws its test digits (never on the benchmark's strings), with a `fast` model.
 # The log of each MNIST digit's ink width / height: mean and standard deviation per class 0..9, measured on
 # the 60,000 training images (ink > 25 of 255).
 ASPECT_LOG_NORMAL = [(-0.10, 0.18), (-0.88, 0.44), (-0.06, 0.20), (-0.21, 0.20), (-0.22, 0.20), (-0.07, 0.24),
@@ -144,67 +162,108 @@ def _mark_ink(ink: np.ndarray, mark: list[Box]) -> tuple[np.ndarray, Box]:
 
 def _read_marks(model: Any, ink: np.ndarray, marks: list[list[Box]]) -> tuple[list[tuple[int, float]], list[Box]]:
     """The digits in the marks, left to right: (digit, probability) and each digit's working-scale box.
-    Every mark is read whole first; one in doubt (wider than a digit, or read below the calibrated
-    threshold) is over-cut at its candidate cuts, and its reading is the chain of pieces (the whole mark
-    among them) with the best _piece_score sum, less SPLIT_PENALTY per digit. The pieces of all the
-    marks in doubt go to the model in one batch."""
+    Every mark is read whole first; one in doubt (_in_doubt) is over-cut along its candidate cut paths
+    (_cut_paths), and its reading is the chain of pieces (the whole mark among them) with the best sum of
+    _piece_score less SPLIT_PENALTY per digit (_best_chain). Two passes: the first, scored without the
+    energy term, gives the line's reference energy (the highest of its chosen pieces: the model's own
+    scale, whatever its training); the second scores each piece's energy against it."""
     crops = [_mark_ink(ink, m) for m in marks]
-    wide = WIDE_MARK * float(np.median([c.shape[1] for c, _ in crops]))
     line = float(np.median([c.shape[0] for c, _ in crops]))  # the line's digit height
-    wholes = model.predict(np.stack([to_28x28(c) for c, _ in crops]))
-    threshold = _msp_threshold(model)
-    segments = {}  # per mark in doubt: its boundaries and the allowed pieces (i, j) between boundaries i < j
-    for m, ((crop, _), q) in enumerate(zip(crops, wholes, strict=True)):
-        h, w = max(crop.shape[0], line), crop.shape[1]  # a short mark (a flat 2) is measured by the line
-        if w > SPLIT_ASPECT * h or w > wide or float(q.max()) < threshold:
-            edges = [0, *_candidate_cuts(crop), w]
-            segments[m] = (edges, [(i, j) for i in range(len(edges)) for j in range(i + 1, len(edges))
-                                   if edges[j] - edges[i] <= MAX_PIECE_WIDTH * h and (i, j) != (0, len(edges) - 1)])
-    images, where = [], {}
-    for m, (edges, pairs) in segments.items():
-        (crop, box), n = crops[m], len(edges) - 1
-        where[(m, 0, n)] = (wholes[m], box, crop.shape[1] / crop.shape[0])  # the whole mark, read above
-        for i, j in pairs:
-            image, (x0, y0, x1, y1) = _piece(crop[:, edges[i]:edges[j]], box, edges[i])
-            if image is not None:
-                where[(m, i, j)] = (len(images), (x0, y0, x1, y1), (x1 - x0) / (y1 - y0))
-                images.append(image)
-    probs = model.predict(np.stack(images)) if images else np.zeros((0, len(model.classes)), np.float32)
-    found = {k: (v[0] if isinstance(v[0], np.ndarray) else probs[v[0]], v[1], v[2]) for k, v in where.items()}
+    wholes = _outputs(model, [to_28x28(c) for c, _ in crops])
+    lattices = [_lattice(crop, box, max(crop.shape[0], line)) if _in_doubt(q, box, line) else (2, {}, [0.0, 0.0])
+                for (crop, box), (q, _) in zip(crops, wholes, strict=True)]
+    outputs = iter(_outputs(model, [image for _, pieces, _ in lattices for image, _ in pieces.values()]))
+    found = [{(0, n - 1): (*whole, box), **{k: (*next(outputs), b) for k, (_, b) in pieces.items()}}
+             for (n, pieces, _), whole, (_, box) in zip(lattices, wholes, crops, strict=True)]
+    chains = [_best_chain(n, list(f), _chain_score(f, crossed, line, None), FIRST_PENALTY)
+              for (n, _, crossed), f in zip(lattices, found, strict=True)]
+    ref = max(f[k][1] for f, c in zip(found, chains, strict=True) for k in c)
     digits, boxes = [], []
-    for m, (_, box) in enumerate(crops):
-        if m not in segments:
-            chain = [(wholes[m], box)]
-        else:
-            edges, pairs = segments[m]
-            allowed = [(i, j) for i, j in [*pairs, (0, len(edges) - 1)] if (m, i, j) in found]
-            best = _best_chain(len(edges), allowed, lambda i, j, m=m: _piece_score(found[(m, i, j)][0],
-                                                                                  found[(m, i, j)][2]))
-            chain = [found[(m, i, j)][:2] for i, j in best]
-        for q, b in chain:
+    for (n, _, crossed), f in zip(lattices, found, strict=True):
+        for k in _best_chain(n, list(f), _chain_score(f, crossed, line, ref), SPLIT_PENALTY):
+            q, _, b = f[k]
             digits.append((int(q.argmax()), float(q.max())))
             boxes.append(b)
     return digits, boxes
 
 
-def _piece_score(q: np.ndarray, aspect: float) -> float:
-    """How well a piece reads as one digit: the log-probability of its digit (q: the model's (C,)
-    probabilities over MNIST's classes) plus the log-likelihood of its shape (width / height of its ink)
-    for that digit, under ASPECT_LOG_NORMAL; shapes no digit has (two digits read as one, a third of a
-    0 read as a 1) cost what they are unlikely."""
+def _chain_score(found: dict[tuple[int, int], tuple[np.ndarray, float, Box]], crossed: list[float], line: float,
+                 ref: float | None) -> Any:
+    """score(i, j) for _best_chain: piece (i, j)'s _piece_score, less CUT_INK per stroke its left cut
+    crosses (crossed[i]: the ink on cut path i over a stroke's width, STROKE line heights; 0 at the mark's
+    edges): a boundary between touching digits crosses little ink, a cut through one digit more."""
+    return lambda i, j: _piece_score(found[(i, j)], line, ref) - CUT_INK * crossed[i] / (STROKE * line)
+
+
+def _outputs(model: Any, images: list[np.ndarray]) -> list[tuple[np.ndarray, float]]:
+    """The model's (C,) probabilities and energy (the log-sum-exp of its logits) for each 28x28 image."""
+    if not images:
+        return []
+    probs, logits = model.predict(np.stack(images), logits=True)
+    top = logits.max(axis=1)
+    energies = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+    return [(q, float(e)) for q, e in zip(probs, energies, strict=True)]
+
+
+def _in_doubt(q: np.ndarray, box: Box, line: float) -> bool:
+    """Whether a mark read whole (probabilities q, working box) may hold more than one digit, or less:
+    wider than DOUBT_ASPECT line heights, read below DOUBT_PROBABILITY, or its shape (width / height) over
+    DOUBT_Z standard deviations from its digit's (ASPECT_LOG_NORMAL)."""
     k = int(q.argmax())
     mu, sd = ASPECT_LOG_NORMAL[k] if len(q) == len(ASPECT_LOG_NORMAL) else (-0.2, 0.3)
-    z = (math.log(max(aspect, 1e-3)) - mu) / sd
-    return math.log(max(float(q[k]), 1e-9)) - 0.5 * z * z
+    w, h = box[2] - box[0], box[3] - box[1]
+    z = (math.log(max(w / max(h, 1), 1e-3)) - mu) / sd
+    return w > DOUBT_ASPECT * max(h, line) or float(q[k]) < DOUBT_PROBABILITY or abs(z) > DOUBT_Z
 
 
-def _best_chain(n: int, pairs: list[tuple[int, int]], score: Any) -> list[tuple[int, int]]:
+def _lattice(crop: np.ndarray, box: Box, h: float) -> tuple[int, dict[tuple[int, int], tuple[np.ndarray, Box]],
+                                                             list[float]]:
+    """A mark over-cut: its cut paths (the mark's left and right edges among them, n in all), the pieces
+    between paths i < j (not the whole mark, read already) at most MAX_PIECE_WIDTH line heights h wide
+    that hold ink, each as (28x28 image, working-scale box), and the ink each path crosses (n,)."""
+    rows, w = crop.shape
+    paths = [np.zeros(rows, np.int64), *_cut_paths(crop, max(1, math.ceil(MAX_CUTS_PER_HEIGHT * w / h))),
+             np.full(rows, w, np.int64)]
+    cols = np.arange(w)
+    middle = [float(p.mean()) for p in paths]
+    pieces = {}
+    for i in range(len(paths)):
+        for j in range(i + 1, len(paths)):
+            if (i, j) == (0, len(paths) - 1) or middle[j] - middle[i] > MAX_PIECE_WIDTH * h:
+                continue
+            keep = (cols >= paths[i][:, None]) & (cols < paths[j][:, None])
+            image, piece_box = _piece(np.where(keep, crop, 0), box)
+            if image is not None:
+                pieces[(i, j)] = (image, piece_box)
+    crossed = [float(crop[np.arange(rows), np.minimum(p, w - 1)].sum()) for p in paths]
+    return len(paths), pieces, [0.0, *crossed[1:-1], 0.0]
+
+
+def _piece_score(piece: tuple[np.ndarray, float, Box], line: float, ref: float | None = None) -> float:
+    """How well a piece reads as one digit. piece: the model's (C,) probabilities, its energy (log-sum-exp
+    of the logits) and the piece's working-scale box; line: the line's digit height in working px; ref:
+    the line's reference energy (None: no energy term). The log-probability of its digit, plus the
+    log-likelihoods (Gaussian, up to a constant) of its shape (width / height of its ink, for that digit:
+    ASPECT_LOG_NORMAL), of its height when under the line's (log ratio, sd HEIGHT_SD: a fragment of a
+    digit is short), and of its energy when more than ENERGY_SLACK under ref (sd ENERGY_SD: the model's
+    logits are small on what it was not trained on, a fragment or two digits read as one, though its
+    softmax may be sure of them)."""
+    q, energy, (x0, y0, x1, y1) = piece
+    k = int(q.argmax())
+    mu, sd = ASPECT_LOG_NORMAL[k] if len(q) == len(ASPECT_LOG_NORMAL) else (-0.2, 0.3)
+    z = (math.log(max((x1 - x0) / max(y1 - y0, 1), 1e-3)) - mu) / sd
+    zh = min(math.log(max(y1 - y0, 1) / line), 0.0) / HEIGHT_SD
+    ze = 0.0 if ref is None else min(energy - ref + ENERGY_SLACK, 0.0) / ENERGY_SD
+    return math.log(max(float(q[k]), 1e-9)) - 0.5 * (z * z + zh * zh + ze * ze)
+
+
+def _best_chain(n: int, pairs: list[tuple[int, int]], score: Any, penalty: float) -> list[tuple[int, int]]:
     """The chain of pieces (i, j) from boundary 0 to n - 1 with the largest total score(i, j) minus
-    SPLIT_PENALTY per piece; pieces without ink may be skipped over (they hold nothing to read)."""
+    penalty per piece; pieces without ink may be skipped over (they hold nothing to read)."""
     best: dict[int, tuple[float, list[tuple[int, int]]]] = {0: (0.0, [])}
     ends = {j for _, j in pairs}
     for j in range(1, n):
-        options = [(best[i][0] + score(i, j) - SPLIT_PENALTY, best[i][1] + [(i, j)])
+        options = [(best[i][0] + score(i, j) - penalty, best[i][1] + [(i, j)])
                    for i, jj in pairs if jj == j and i in best]
         if j not in ends and j - 1 in best:  # a boundary no piece ends at: carry the chain through the gap
             options.append(best[j - 1])
@@ -213,34 +272,83 @@ def _best_chain(n: int, pairs: list[tuple[int, int]], score: Any) -> list[tuple[
     return best.get(n - 1, (0.0, []))[1]
 
 
-def _candidate_cuts(crop: np.ndarray) -> list[int]:
-    """Columns where a mark (ink crop, float 0..1, (h, w)) may be cut into digits: the local minima of
-    its column projection, deepest first, each at least a tenth of the height from the others and the
-    ends, at most MAX_CUTS_PER_HEIGHT per height of width."""
+def _cut_paths(crop: np.ndarray, most: int) -> list[np.ndarray]:
+    """Where a mark (ink crop, float 0..1, (h, w)) may be cut into digits: paths from its top row to its
+    bottom row, one column per row (int64 (h,)), through the least ink, left to right. Minimum-cost paths
+    (as in seam carving, or the drop-fall cuts of digit-string readers) over the ink, each pixel costing
+    its ink plus CUT_FLOOR and each sideways step CUT_STEP (on rows taken in pairs for a mark CUT_POOL_FROM
+    px tall or more), so a cut follows the slant of the writing and the valley between two digits whose
+    ink overlaps in columns, where a straight cut would cross both. The candidates are the cheapest whole
+    paths through the minima of that cost along the rows CUT_ROWS, cheapest first; of paths that leave the
+    same ink on their left (within CUT_SAME of a digit-sized square's ink) only the cheapest is kept, none
+    with less than that on one side; at most `most`."""
     h, w = crop.shape
-    profile = np.convolve(crop.sum(axis=0), np.ones(3) / 3, mode="same")
-    margin = max(2, int(0.1 * h))
-    minima = [x for x in range(margin, w - margin)
-              if profile[x] <= profile[x - 1] and profile[x] <= profile[x + 1]]
-    most = max(1, math.ceil(MAX_CUTS_PER_HEIGHT * w / h))
-    chosen: list[int] = []
-    for x in sorted(minima, key=lambda x: profile[x]):
-        if all(abs(x - c) >= margin for c in chosen):
-            chosen.append(x)
-        if len(chosen) == most:
+    f = 2 if h >= CUT_POOL_FROM else 1  # rows taken in pairs: a sideways step per pair, a slant up to 1 in 2
+    pooled = np.pad(crop, ((0, -h % f), (0, 0))).reshape(-(-h // f), f, w).sum(axis=1)
+    cost = (pooled + f * CUT_FLOOR).astype(np.float32)
+    down, up = _path_costs(cost), _path_costs(cost[::-1])
+    through = down + up[::-1] - cost  # the cheapest whole path through each pixel
+    starts = []
+    for y in sorted({int(r * len(cost)) for r in CUT_ROWS}):
+        t = through[y]
+        xs = 1 + np.flatnonzero((t[1:-1] <= t[:-2]) & (t[1:-1] < t[2:]))  # the row's minima
+        starts += [(float(t[x]), y, int(x)) for x in xs]
+    if not starts:
+        return []
+    starts.sort()
+    y0s, xs = np.array([y for _, y, _ in starts]), np.array([x for _, _, x in starts])
+    walled = [np.pad(t, ((0, 0), (1, 1)), constant_values=np.inf) for t in (down, up)]
+    paths = _trace(walled[0], y0s, xs)  # up from each start row, on the costs from the top ...
+    paths[:, ::-1] = np.maximum(paths[:, ::-1], _trace(walled[1], len(cost) - 1 - y0s, xs))  # ... and down
+    paths = np.repeat(paths, f, axis=1)[:, :h]
+    rows = np.arange(h)
+    left = np.cumsum(np.pad(crop, ((0, 0), (1, 0))), axis=1)[rows, paths].sum(axis=1)  # ink left of each path
+    total = float(crop.sum())
+    same = CUT_SAME * total * h / max(w, h)  # a share of the ink of one digit-sized square of the mark
+    kept: list[int] = []
+    for k in range(len(starts)):
+        if same <= left[k] <= total - same and all(abs(left[k] - left[j]) > same for j in kept):
+            kept.append(k)
+        if len(kept) == most:
             break
-    return sorted(chosen)
+    return [paths[k] for k in sorted(kept, key=lambda k: left[k])]
 
 
-def _piece(crop: np.ndarray, box: Box, offset: int) -> tuple[np.ndarray | None, Box]:
-    """A piece of a mark (ink columns, float 0..1) trimmed to its ink and made 28x28 (None without ink),
-    with its working-scale box (the mark's box shifted by the piece's column offset)."""
+def _path_costs(cost: np.ndarray) -> np.ndarray:
+    """The cheapest path's cost from the top row to each pixel of cost (float32 (h, w)), moving down one
+    row and at most one column at a time, each sideways step costing CUT_STEP: float32 (h, w)."""
+    h, w = cost.shape
+    total = np.empty_like(cost)
+    total[0] = cost[0]
+    prev = np.full(w + 2, np.inf, np.float32)  # the row above, walled at both ends
+    for y in range(1, h):
+        prev[1:-1] = total[y - 1]
+        total[y] = np.minimum(np.minimum(prev[:-2], prev[2:]) + CUT_STEP, prev[1:-1]) + cost[y]
+    return total
+
+
+def _trace(walled: np.ndarray, starts: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """The cheapest paths back to row 0 of a _path_costs table, given walled (with a column of inf either
+    side: (h, w + 2)), from column xs[k] of row starts[k] (int64 (k,) each): int64 (k, h), each path's
+    column at rows 0..starts[k], and -1 below its start row."""
+    steps = np.array([CUT_STEP, 0.0, CUT_STEP], np.float32)
+    out = np.full((len(xs), walled.shape[0]), -1, np.int64)
+    out[np.arange(len(xs)), starts] = xs
+    for r in range(int(starts.max()), 0, -1):
+        on = np.flatnonzero(starts >= r)  # the paths that have reached row r
+        ahead = walled[r - 1][out[on, r, None] + np.arange(3)] + steps  # the columns x - 1, x, x + 1 above
+        out[on, r - 1] = out[on, r] + ahead.argmin(axis=1) - 1
+    return out
+
+
+def _piece(crop: np.ndarray, box: Box) -> tuple[np.ndarray | None, Box]:
+    """A piece of a mark (the mark's crop with the ink outside the piece zeroed, float 0..1) trimmed to its
+    ink and made 28x28 (None without ink enough to read), with its working-scale box."""
     rows, cols = np.flatnonzero(crop.max(axis=1) > 0), np.flatnonzero(crop.max(axis=0) > 0)
     if not len(rows) or float(crop.sum()) < 0.02 * crop.shape[0] ** 2:
         return None, box
     trimmed = crop[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-    x0 = box[0] + offset
-    return to_28x28(trimmed), (x0 + int(cols[0]), box[1] + int(rows[0]), x0 + int(cols[-1]) + 1,
+    return to_28x28(trimmed), (box[0] + int(cols[0]), box[1] + int(rows[0]), box[0] + int(cols[-1]) + 1,
                                box[1] + int(rows[-1]) + 1)
 
 
