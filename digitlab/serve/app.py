@@ -331,6 +331,8 @@ async def _multipart_jobs(request: Request, batch: bool) -> list[Job]:
                 raise BadInput(413, str(TooManyImages(len(items))))
             return [Job(u.filename or f"upload {i}", data=await u.read()) for i, u in enumerate(items)]
     except HTTPException as e:  # Starlette's multipart parser: malformed body, too many parts
+        if e.status_code == 413:  # the body limit, counted while streaming: JSONTooLarge words it
+            raise
         if str(e.detail).startswith("Too many files"):  # it stops counting at max_files
             raise BadInput(413, str(TooManyImages(f"more than {MAX_BATCH + 1}"))) from None
         raise BadInput(422 if e.status_code == 400 else e.status_code, f"multipart body: {e.detail}") from None
@@ -444,7 +446,8 @@ def _add_error_handlers(app: FastAPI, body_timeout: float) -> None:
 
     @app.exception_handler(BadInput)
     async def bad_input(request: Request, exc: BadInput) -> JSONResponse:
-        request.scope[OWN_ANSWER] = True
+        if exc.status == 413:  # too many pictures, not the body limit
+            request.scope[OWN_ANSWER] = True
         return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(BodyTimeout)
