@@ -229,21 +229,39 @@ def _one_line(text: str) -> str:
     return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def _each_source(sources: list[str], work) -> tuple[list, list[str], list[str]]:
-    """work(path) for every image file among sources (folders expanded), the way predict, read and explain
-    all take their inputs: (results, names, errors); each error is printed on one line, the rest go on."""
-    from digitlab.images import expand_sources
+class _Input(typing.NamedTuple):
+    """One input of predict, read or explain: its name, and what work() made of it or why it failed."""
 
-    results, names, errors = [], [], []
-    for path in expand_sources(sources, errors):
+    source: str
+    result: typing.Any = None
+    error: str | None = None
+
+
+def _each_source(sources: list[str], work) -> list[_Input]:
+    """work(path) for every image file among sources (folders expanded), the way predict, read and explain
+    all take their inputs: one entry per input, in order, with its result or its error; each error is
+    printed on one line (stderr), the rest go on."""
+    from digitlab.images import source_files
+
+    entries = []
+    for path, why in source_files(sources):
         try:
-            results.append(work(path))
-            names.append(str(path))
+            if why is not None:
+                raise DigitlabError(f"{path}: {why}")
+            entries.append(_Input(str(path), work(path)))
         except DigitlabError as e:
-            errors.append(str(e))
-    for message in errors:
-        print(f"digitlab: error: {_one_line(message)}", file=sys.stderr)
-    return results, names, errors
+            entries.append(_Input(str(path), error=_one_line(str(e))))
+    for entry in entries:
+        if entry.error is not None:
+            print(f"digitlab: error: {entry.error}", file=sys.stderr)
+    return entries
+
+
+def _every_record(entries: list[_Input], records: list[dict]) -> list[dict]:
+    """The JSON output: records (one per entry that did not fail, in order) with {"source", "error"} in
+    the place of each entry that failed, so that every input has its record."""
+    done = iter(records)
+    return [next(done) if e.error is None else {"source": e.source, "error": e.error} for e in entries]
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -256,26 +274,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise DigitlabError("predict: give image files or folders, or --index N for a test-set image")
     model = load(args.model)
     # (decode() silences Pillow's warnings on damaged EXIF)
-    inputs, names, errors = _each_source(args.sources, lambda path: prepare(decode(path)))
-    failed = len(errors)
+    entries = _each_source(args.sources, lambda path: prepare(decode(path)))
     if args.index:
         data = _test_set(args.data_dir, args.dataset or model.metadata.get("dataset", "mnist"))
         for i in args.index:
             if not 0 <= i < len(data.test_images):
-                print(f"digitlab: error: --index {i}: out of range 0..{len(data.test_images) - 1}", file=sys.stderr)
-                failed += 1
+                why = f"--index {i}: out of range 0..{len(data.test_images) - 1}"
+                print(f"digitlab: error: {why}", file=sys.stderr)
+                entries.append(_Input(f"--index {i}", error=why))
                 continue
-            inputs.append(prepare(data.test_images[i]))
-            names.append(f"test[{i}] (label {data.test_labels[i]})")
-    records = predict_records(model, inputs, names)
-    if args.json:
-        print(json.dumps(records))  # JSON escapes newlines and undecodable bytes (as \udcXX) itself
+            entries.append(_Input(f"test[{i}] (label {data.test_labels[i]})", prepare(data.test_images[i])))
+    ok = [e for e in entries if e.error is None]
+    records = predict_records(model, [e.result for e in ok], [e.source for e in ok])
+    if args.json:  # JSON escapes newlines and undecodable bytes (as \udcXX) itself
+        print(json.dumps(_every_record(entries, records)))
     else:
         for r in records:
             print(_one_line(describe(r)))
             if r["probabilities"] is not None:
                 print("   " + "  ".join(f"{c}:{p:.3f}" for c, p in zip(model.classes, r["probabilities"], strict=True)))
-    return 1 if failed else 0
+    return 1 if len(ok) < len(entries) else 0
 
 
 def cmd_read(args: argparse.Namespace) -> int:
@@ -283,15 +301,16 @@ def cmd_read(args: argparse.Namespace) -> int:
     from digitlab.reading import read_file
 
     model = load(args.model)
-    records, _, errors = _each_source(args.sources, lambda path: read_file(model, path, source=str(path)))
+    entries = _each_source(args.sources, lambda path: read_file(model, path, source=str(path)))
+    records = [e.result for e in entries if e.error is None]
     if args.json:
-        print(json.dumps(records))
+        print(json.dumps(_every_record(entries, records)))
     else:
         for r in records:
             shown = r["text"] or "(no digits)"
             confidences = " ".join(f"{d['confidence']:.3f}" for d in r["digits"])
             print(_one_line(f"{r['source']}: {shown}  ({r['status']}{'; ' + confidences if confidences else ''})"))
-    return 1 if errors else 0
+    return 1 if len(records) < len(entries) else 0
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -311,18 +330,19 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if taken:
             raise DigitlabError(f"--out: {taken[0]} already exists; choose another name or add --overwrite")
     model = load(args.model)
-    prepared, names, errors = _each_source(args.sources, lambda path: prepare(decode(path)))
-    records = explain_records(model, prepared, names, method=args.method)
-    for i, (r, p) in enumerate(zip(records, prepared, strict=True)):
+    entries = _each_source(args.sources, lambda path: prepare(decode(path)))
+    ok = [e for e in entries if e.error is None]
+    records = explain_records(model, [e.result for e in ok], [e.source for e in ok], method=args.method)
+    for i, (r, e) in enumerate(zip(records, ok, strict=True)):
         if args.out and r["attribution"] is not None:
             out = Path(args.out) if len(records) == 1 else Path(args.out).with_name(f"{Path(args.out).stem}-{i}.png")
-            r["map"] = str(attribution_png(p.image, np.asarray(r["attribution"], dtype=np.float32), out))
+            r["map"] = str(attribution_png(e.result.image, np.asarray(r["attribution"], dtype=np.float32), out))
     if args.json:
-        print(json.dumps(records))
+        print(json.dumps(_every_record(entries, records)))
     else:
         for r in records:
             print(_one_line(describe(r)) + (f"  map: {r['map']}" if "map" in r else ""))
-    return 1 if errors else 0
+    return 1 if len(ok) < len(entries) else 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ import os
 import stat
 import struct
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -251,6 +252,19 @@ def _not_a_file(p: Path) -> str | None:
     return "is a FIFO (named pipe), not an image file" if stat.S_ISFIFO(mode) else "is not a regular file"
 
 
+def source_files(sources: list[str]) -> Iterator[tuple[Path, str | None]]:
+    """Every file named by sources, in order, with why it cannot be read as an image (None if it can):
+    files as given, folders expanded to the images inside them (by suffix, sorted, not recursive; a folder
+    with none is itself one entry with its reason). Nothing is opened: a FIFO would block."""
+    for s in sources:
+        p = Path(s)
+        wanted = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
+        if p.is_dir() and not wanted:
+            yield p, f"a folder with no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
+        for q in wanted:
+            yield q, _not_a_file(q)
+
+
 def expand_sources(sources: list[str], errors: list[str] | None = None) -> list[Path]:
     """Files as given; folders expanded to the images inside them (by suffix, sorted, not recursive).
 
@@ -258,20 +272,11 @@ def expand_sources(sources: list[str], errors: list[str] | None = None) -> list[
     folder named x.png, a missing file) is an error, never skipped silently: with errors given, one line
     per such path is appended there ("PATH: why") and the path left out; without, ImageError is raised."""
     out: list[Path] = []
-    for s in sources:
-        p = Path(s)
-        wanted = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
-        if p.is_dir() and not wanted:
-            why = f"{p}: a folder with no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
-            if errors is None:
-                raise ImageError(why)
-            errors.append(why)
-        for q in wanted:
-            why = _not_a_file(q)
-            if why is None:
-                out.append(q)
-            elif errors is None:
-                raise ImageError(f"{q}: {why}")
-            else:
-                errors.append(f"{q}: {why}")
+    for path, why in source_files(sources):
+        if why is None:
+            out.append(path)
+        elif errors is None:
+            raise ImageError(f"{path}: {why}")
+        else:
+            errors.append(f"{path}: {why}")
     return out

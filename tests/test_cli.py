@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image, ImageDraw
 
 from digitlab.config import RECIPES, cli_fields
@@ -82,13 +83,40 @@ def test_predict_files_index_and_json(tmp_path, trained_model_path):
                    "--index", "0", "--json")
     assert proc.returncode == 1  # one file failed...
     assert "broken.png" in proc.stderr and "Traceback" not in proc.stderr
-    records = json.loads(proc.stdout)  # ...the others were still predicted
+    records = json.loads(proc.stdout)  # ...the others were still predicted, and every input has its record
+    assert [r["source"] for r in records] == [str(tmp_path / "one.png"), str(tmp_path / "broken.png"),
+                                              "test[0] (label 7)"]
+    failed = records.pop(1)
+    assert set(failed) == {"source", "error"} and failed["error"].startswith(f"{tmp_path / 'broken.png'}: ")
+    assert "\n" not in failed["error"] and failed["error"] in proc.stderr
     assert [r["digit"] for r in records] == [1, 7]
     for r in records:
         assert set(r) >= {"source", "digit", "confidence", "probabilities"}
         assert len(r["probabilities"]) == 10 and abs(sum(r["probabilities"]) - 1) < 1e-4
     text = run_cli("predict", trained_model_path, tmp_path / "one.png", check=True).stdout
     assert "one.png: 1" in text
+
+
+@pytest.mark.parametrize("command", ["predict", "read", "explain"])
+def test_json_has_a_record_for_every_input(command, tmp_path, tiny_model_path):
+    """A file that cannot be read, a missing one and an out-of-range --index each get {"source", "error"}
+    in their place in the JSON list (exit 1); the readable image is still answered."""
+    im = Image.new("L", (200, 200), 255)
+    ImageDraw.Draw(im).line([(100, 25), (100, 175)], fill=0, width=16)
+    im.save(tmp_path / "one.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    names = [tmp_path / "broken.png", tmp_path / "one.png", tmp_path / "none.png"]
+    proc = run_cli(command, tiny_model_path, *names, "--json")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    records = json.loads(proc.stdout)
+    assert [r["source"] for r in records] == [str(n) for n in names]
+    assert [sorted(r) for r in (records[0], records[2])] == [["error", "source"]] * 2
+    assert records[2]["error"] == f"{names[2]}: no such file"
+    assert "error" not in records[1] and ("digit" in records[1] or "text" in records[1])
+    errors = proc.stderr.splitlines()
+    assert errors == [f"digitlab: error: {records[0]['error']}", f"digitlab: error: {records[2]['error']}"]
+    text = run_cli(command, tiny_model_path, *names)  # the text output: the same errors on stderr, exit 1
+    assert text.returncode == 1 and text.stderr.splitlines() == errors and "one.png" in text.stdout
 
 
 def test_predict_directory(tmp_path, trained_model_path, mnist):

@@ -189,14 +189,53 @@ def test_batch_of_mixed_forms(client):
     assert r.status_code == 200 and [p["digit"] for p in r.json()] == [1] * len(forms)
     assert [p["source"] for p in r.json()] == [f"images[{i}]" for i in range(len(forms))]
     r = client.post("/api/predict/batch", json={"images": [forms["rows 0..255"], {"pixels": [0] * 3}]})
-    assert r.status_code == 422 and r.json()["detail"].startswith("images[1].pixels: a flat list of 3 values")
+    assert r.status_code == 200 and r.json()[0]["digit"] == 1  # a form that holds no picture: its own error
+    assert r.json()[1] == {"source": "images[1]",
+                           "error": "images[1].pixels: a flat list of 3 values needs width and height "
+                                    "(784 values alone: 28x28)"}
+    r = client.post("/api/predict/batch", json={"images": [forms["rows 0..255"], {"pixels": [0] * 3, "x": 1}]})
+    assert r.status_code == 422  # not the documented shape: the request itself is wrong
+
+
+def test_batch_answers_every_file(client):
+    """One bad file does not fail the batch: every file has its record, in order; the bad ones say why."""
+    files = [("files", ("text.png", b"hello there", "image/png")), ("files", ("one.png", png_of_one(), "image/png")),
+             ("files", ("cut.png", png_of_one()[:300], "image/png")), ("files", ("empty.png", b"", "image/png"))]
+    r = client.post("/api/predict/batch", files=files)
+    assert r.status_code == 200, r.text
+    records = r.json()
+    assert [x["source"] for x in records] == ["text.png", "one.png", "cut.png", "empty.png"]
+    assert records[1]["digit"] == 1 and "error" not in records[1]
+    for bad in (records[0], records[2], records[3]):
+        assert set(bad) == {"source", "error"} and bad["error"].startswith(bad["source"] + ":"), bad
+    assert "not an image" in records[0]["error"]
+    single = client.post("/api/predict", files={"file": files[2][1]})  # the same words as the single answer
+    assert single.status_code == 422 and single.json()["detail"] == records[2]["error"]
+    data_urls = {"images": [{"image": "bm90IGJhc2U2NA=="}, {"image": "%%%"}, {"pixels": [[0] * 28] * 28}]}
+    r = client.post("/api/predict/batch", json=data_urls)
+    assert r.status_code == 200 and [sorted(x)[:2] for x in r.json()[:2]] == [["error", "source"]] * 2
+    assert r.json()[2]["status"] == "empty"
+
+
+def test_batch_error_records_are_documented(client):
+    items = client.get("/openapi.json").json()["paths"]["/api/predict/batch"]["post"]["responses"]["200"]
+    refs = json.dumps(items)
+    assert "Failed" in refs and "Prediction" in refs
+    failed = client.get("/openapi.json").json()["components"]["schemas"]["Failed"]
+    assert set(failed["required"]) == {"source", "error"}
 
 
 def test_batch_limits(client):
     r = client.post("/api/predict/batch", json={"images": []})
     assert r.status_code == 422 and r.json()["detail"].startswith("images:")
     r = client.post("/api/predict/batch", json={"images": [{"pixels": [[0] * 28] * 28}] * 65})
-    assert r.status_code == 422
+    assert r.status_code == 413 and r.json()["detail"] == "at most 64 images per batch; got 65"
+    for n, got in ((65, "65"), (70, "more than 65")):
+        files = [("files", (f"{i}.png", b"x", "image/png")) for i in range(n)]
+        r = client.post("/api/predict/batch", files=files)
+        assert r.status_code == 413 and r.json()["detail"] == f"at most 64 images per batch; got {got}"
+    files = [("files", (f"{i}.png", png_of_one(), "image/png")) for i in range(64)]
+    assert client.post("/api/predict/batch", files=files).status_code == 200  # the limit itself is fine
     r = client.post("/api/predict/batch", json={"pixels": [[0]]})
     assert r.status_code == 422 and r.json()["detail"].startswith('body: expected {"images"')
 
@@ -270,8 +309,8 @@ def test_request_pixel_cap_and_downscaled_jpeg(trained_model):
     r = c.post("/api/predict", files={"file": ("big.jpg", encoded(big.resize((2000, 2000)), "JPEG"), "image/jpeg")})
     assert r.status_code == 200 and r.json()["digit"] == 1
     two = [("files", (f"{i}.png", encoded(drawn_one(800)), "image/png")) for i in range(2)]  # 640,000 px each
-    r = c.post("/api/predict/batch", files=two)
-    assert r.status_code == 422 and r.json()["detail"].startswith("1.png:")  # the cap is for the whole request
+    r = c.post("/api/predict/batch", files=two)  # the cap is for the whole request: the second is refused
+    assert r.status_code == 200 and r.json()[0]["digit"] == 1 and r.json()[1]["error"].startswith("1.png:")
 
 
 def test_7000_square_rgba_png_refused_before_decoding(client):

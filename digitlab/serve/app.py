@@ -66,6 +66,7 @@ from digitlab.serve.forms import (
     ImageIn,
     PixelsIn,
     RgbaIn,
+    TooManyImages,
     grey_picture,
     image_bytes,
     parse_batch,
@@ -106,6 +107,12 @@ class Reading(BaseModel):
                         'still the best reading) | "too_many_marks" (only the first 32 marks, left to right, read)')
     text: str = Field(description='the digits left to right, with separators "." and "-" where drawn')
     digits: list[ReadDigit] = Field(description="each digit read, left to right")
+
+
+class Failed(BaseModel):
+    source: str = Field(description="the file name, or images[i] for a JSON form")
+    error: str = Field(description="one line: why this picture was not read (what the single-picture endpoint "
+                       "answers with 415 or 422)")
 
 
 class ErrorOut(BaseModel):
@@ -183,35 +190,71 @@ def _declared_pixels(data: bytes) -> int:
 
 
 class Job:
-    """One picture of a request: file bytes to decode, or an already decoded picture."""
+    """One picture of a request: file bytes to decode, or an already decoded picture, or (in a batch) why
+    the picture it stands for cannot be read."""
 
-    def __init__(self, name: str, data: bytes | None = None, picture: Any = None):
-        self.name, self.data, self.picture = name, data, picture
-        self.pixels = _declared_pixels(data) if data is not None else int(np.prod(np.shape(picture)[:2])) \
-            if not isinstance(picture, Image.Image) else picture.width * picture.height
+    def __init__(self, name: str, data: bytes | None = None, picture: Any = None, error: BadInput | None = None):
+        self.name, self.data, self.picture, self.error = name, data, picture, error
+        if error is not None or picture is None:
+            self.pixels = _declared_pixels(data) if data is not None else 0
+        else:
+            self.pixels = picture.width * picture.height if isinstance(picture, Image.Image) else \
+                int(np.prod(np.shape(picture)[:2]))
+
+
+def _prepare_one(job: Job, left: int, max_pixels: int, step: Callable[[Any, Job], Any] | None) -> tuple[Any, int]:
+    """(the 28x28 image, or step(picture, job)) for one picture, and the pixels it decoded to, which must
+    fit in the left of the request's budget of max_pixels. Raises BadInput."""
+    if job.error is not None:
+        raise job.error
+    if job.data is not None:
+        try:
+            picture = load_image(job.data, name=job.name, max_pixels=left)
+        except ImageError as e:
+            raise BadInput(IMAGE_STATUS.get(e.kind, 422), str(e)) from None
+    else:
+        picture = job.picture
+    size = picture.width * picture.height if isinstance(picture, Image.Image) else job.pixels
+    if size > left:
+        raise BadInput(422, f"{job.name}: the request's pictures hold more than {max_pixels:,} pixels")
+    try:
+        return (prepare(_reduced(picture)) if step is None else step(picture, job)), size
+    except ImageError as e:
+        raise BadInput(422, f"{job.name}: {e}") from None
 
 
 def _prepare_all(jobs: list[Job], max_pixels: int, step: Callable[[Any, Job], Any] | None = None) -> list[Any]:
     """The 28x28 images for a request's pictures, decoding files within the request's pixel budget; with
-    step, step(picture, job) for each decoded picture instead of prepare() (reading numbers)."""
+    step, step(picture, job) for each decoded picture instead of prepare() (reading numbers). A picture
+    that cannot be read gives its BadInput in its place: a single picture's is raised by the caller, a
+    batch answers it as that picture's error."""
     left, images = max_pixels, []
     for job in jobs:
-        if job.data is not None:
-            try:
-                picture = load_image(job.data, name=job.name, max_pixels=left)
-            except ImageError as e:
-                raise BadInput(IMAGE_STATUS.get(e.kind, 422), str(e)) from None
-        else:
-            picture = job.picture
-        size = picture.width * picture.height if isinstance(picture, Image.Image) else job.pixels
-        if size > left:
-            raise BadInput(422, f"{job.name}: the request's pictures hold more than {max_pixels:,} pixels")
-        left -= size
         try:
-            images.append(prepare(_reduced(picture)) if step is None else step(picture, job))
-        except ImageError as e:
-            raise BadInput(422, f"{job.name}: {e}") from None
+            image, size = _prepare_one(job, left, max_pixels, step)
+        except BadInput as e:
+            images.append(e)
+            continue
+        left -= size
+        images.append(image)
     return images
+
+
+def _records(model: DigitModel, jobs: list[Job], max_pixels: int, batch: bool, explain: bool) -> list[dict[str, Any]]:
+    """The answer's records, in order: each with "input" (the 28x28 image the model saw); in a batch a
+    picture that cannot be read is {"source", "error"} and the rest are still answered. Raises BadInput
+    (a single picture that cannot be read)."""
+    images = _prepare_all(jobs, max_pixels)
+    if not batch and isinstance(images[0], BadInput):
+        raise images[0]
+    ok = [(j.name, p) for j, p in zip(jobs, images, strict=True) if not isinstance(p, BadInput)]
+    names, prepared = [n for n, _ in ok], [p for _, p in ok]
+    records = explain_records(model, prepared, names) if explain else predict_records(model, prepared, names)
+    for r, p in zip(records, prepared, strict=True):
+        r["input"] = p.image.tolist()
+    done = iter(records)
+    return [{"source": j.name, "error": p.detail} if isinstance(p, BadInput) else next(done)
+            for j, p in zip(jobs, images, strict=True)]
 
 
 def _reduced(picture: Any) -> Any:
@@ -254,11 +297,21 @@ async def _json_jobs(request: Request, batch: bool) -> list[Job]:
     except ValueError as e:
         raise BadInput(422, f"body: not valid JSON ({e})") from None
     try:
-        if batch:
-            return [_form_job(f, f"images[{i}]") for i, f in enumerate(parse_batch(body))]
-        return [_form_job(parse_form(body))]
-    except BadForm as e:
-        raise BadInput(422, str(e)) from None
+        forms = parse_batch(body) if batch else [parse_form(body)]
+    except BadForm as e:  # not the documented shape (or too many pictures): the request itself is wrong
+        raise BadInput(413 if isinstance(e, TooManyImages) else 422, str(e)) from None
+    if not batch:
+        try:
+            return [_form_job(forms[0])]
+        except BadForm as e:
+            raise BadInput(422, str(e)) from None
+    jobs = []
+    for i, form in enumerate(forms):  # a form that fits the schema but holds no picture: that item's error
+        try:
+            jobs.append(_form_job(form, f"images[{i}]"))
+        except BadForm as e:
+            jobs.append(Job(f"images[{i}]", error=BadInput(422, str(e))))
+    return jobs
 
 
 async def _multipart_jobs(request: Request, batch: bool) -> list[Job]:
@@ -275,9 +328,13 @@ async def _multipart_jobs(request: Request, batch: bool) -> list[Job]:
                 raise BadInput(422, f"multipart field '{field}' is missing: expected "
                                f"{'one or more image files' if batch else 'an image file'}")
             if len(items) > MAX_BATCH:
-                raise BadInput(413, f"at most {MAX_BATCH} images per request, got {len(items)}")
+                raise BadInput(413, str(TooManyImages(len(items))))
             return [Job(u.filename or f"upload {i}", data=await u.read()) for i, u in enumerate(items)]
     except HTTPException as e:  # Starlette's multipart parser: malformed body, too many parts
+        if e.status_code == 413:  # the body limit, counted while streaming: JSONTooLarge words it
+            raise
+        if str(e.detail).startswith("Too many files"):  # it stops counting at max_files
+            raise BadInput(413, str(TooManyImages(f"more than {MAX_BATCH + 1}"))) from None
         raise BadInput(422 if e.status_code == 400 else e.status_code, f"multipart body: {e.detail}") from None
 
 
@@ -329,8 +386,12 @@ class BodyDeadline:
         await self.app(scope, timed_receive, send)
 
 
+OWN_ANSWER = "digitlab.answer"  # set in the scope by the BadInput handler: the answer is ours, keep its words
+
+
 class JSONTooLarge:
-    """Starlette answers an over-limit body with a plain-text 413; rewrite it as our JSON error."""
+    """FastAPI answers an over-limit body with a 413 saying only "Content Too Large"; rewrite it as our
+    JSON error naming the limit (our own 413s say something else: too many pictures in a batch)."""
 
     def __init__(self, app, max_upload: int):
         self.app, self.max_upload = app, max_upload
@@ -342,7 +403,7 @@ class JSONTooLarge:
 
         async def send_json_413(message) -> None:
             nonlocal replaced
-            if message["type"] == "http.response.start" and message["status"] == 413:
+            if message["type"] == "http.response.start" and message["status"] == 413 and OWN_ANSWER not in scope:
                 replaced = True
                 body = JSONResponse({"detail": f"request body larger than the limit of {self.max_upload} bytes"})
                 await send({"type": "http.response.start", "status": 413, "headers": body.raw_headers})
@@ -380,6 +441,86 @@ def _model_info(model: DigitModel, max_upload: int) -> dict[str, Any]:
         "max_request_pixels": MAX_REQUEST_PIXELS}
 
 
+def _add_error_handlers(app: FastAPI, body_timeout: float) -> None:
+    """Every refusal as one JSON line {"detail"} with its status; a client gone mid-body, silently."""
+
+    @app.exception_handler(BadInput)
+    async def bad_input(request: Request, exc: BadInput) -> JSONResponse:
+        if exc.status == 413:  # too many pictures, not the body limit
+            request.scope[OWN_ANSWER] = True
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(BodyTimeout)
+    async def body_timeout_handler(request: Request, exc: BodyTimeout) -> JSONResponse:
+        return JSONResponse({"detail": f"body: not received within {body_timeout:g} s"}, status_code=408,
+                            headers={"Connection": "close"})
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, exc: ClientDisconnect) -> Response:
+        return Response(status_code=400)  # nobody is listening: no answer, and no traceback in the log
+
+
+def _add_model_routes(app: FastAPI, model: DigitModel, max_request_pixels: int) -> None:
+    """The endpoints that run the model. The answers are built by our own code, so they go out as plain
+    JSON: re-validating 784 pixel values per answer against the response model would cost more than the
+    inference itself."""
+
+    async def answer(request: Request, batch: bool, explain: bool = False) -> list[dict[str, Any]]:
+        jobs = await _read_jobs(request, batch)
+        return await app.state.slots.run(max(j.pixels for j in jobs) > LARGE_PICTURE,
+                                         lambda: _records(model, jobs, max_request_pixels, batch, explain))
+
+    @app.post("/api/predict", response_model=Prediction, openapi_extra=_body_doc("file", False),
+              responses=RESPONSES, summary="Recognize one digit: an uploaded image (field 'file') or JSON")
+    async def predict(request: Request) -> JSONResponse:
+        return JSONResponse((await answer(request, batch=False))[0])
+
+    @app.post("/api/predict/batch", response_model=list[Prediction | Failed], openapi_extra=_body_doc("files", True),
+              responses=RESPONSES, summary=f"Recognize up to {MAX_BATCH} digits in one request, answered in order",
+              description="One record per picture, in order. A picture that cannot be read (not an image, "
+                          "corrupt, over the request's pixel limit, values that do not fit its width and height) "
+                          'is {"source", "error"} in its place and the others are still answered (200); a '
+                          "request that is itself wrong (too many pictures, too large, not the documented "
+                          "shape) gets the status below for the whole batch.")
+    async def predict_batch(request: Request) -> JSONResponse:
+        return JSONResponse(await answer(request, batch=True))
+
+    @app.post("/api/explain", response_model=Explanation, openapi_extra=_body_doc("file", False), responses=RESPONSES,
+              summary="Recognize one digit and say where the evidence lies (occlusion: 'attribution', 28x28)")
+    async def explain(request: Request) -> JSONResponse:
+        return JSONResponse((await answer(request, batch=False, explain=True))[0])
+
+    @app.post("/api/read", response_model=Reading, openapi_extra=_body_doc("file", False), responses=RESPONSES,
+              summary="Read a whole number (several digits, left to right): an image file (field 'file') or JSON")
+    async def read_number(request: Request) -> JSONResponse:
+        jobs = await _read_jobs(request, batch=False)
+
+        def work() -> dict[str, Any]:
+            found = _prepare_all(jobs, max_request_pixels, lambda picture, job: _read_reduced(model, picture, job))[0]
+            if isinstance(found, BadInput):
+                raise found
+            return found
+
+        return JSONResponse(await app.state.slots.run(jobs[0].pixels > LARGE_PICTURE, work))
+
+
+def _add_page_routes(app: FastAPI, info: dict[str, Any]) -> None:
+    """The model's metadata, liveness, and the drawing page."""
+
+    @app.get("/api/model", summary="The model's metadata (file names only, never local paths)")
+    async def model_info() -> dict[str, Any]:
+        return info
+
+    # async: answered on the event loop, never queued behind decodes in the thread pool
+    @app.get("/api/health", summary="Liveness")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+
 def create_app(model: DigitModel | str | Path, max_upload: int = MAX_UPLOAD,
                allowed_hosts: tuple[str, ...] | list[str] = LOOPBACK_HOSTS, slots: int | None = None,
                queue_wait: float = QUEUE_WAIT_S, max_request_pixels: int = MAX_REQUEST_PIXELS,
@@ -401,75 +542,9 @@ def create_app(model: DigitModel | str | Path, max_upload: int = MAX_UPLOAD,
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     app.state.slots = Slots(slots or os.cpu_count() or 1, queue_wait)
     _add_openapi_forms(app)
-
-    @app.exception_handler(BadInput)
-    async def bad_input(request: Request, exc: BadInput) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
-
-    @app.exception_handler(BodyTimeout)
-    async def body_timeout_handler(request: Request, exc: BodyTimeout) -> JSONResponse:
-        return JSONResponse({"detail": f"body: not received within {body_timeout:g} s"}, status_code=408,
-                            headers={"Connection": "close"})
-
-    @app.exception_handler(ClientDisconnect)
-    async def gone(request: Request, exc: ClientDisconnect) -> Response:
-        return Response(status_code=400)  # nobody is listening: no answer, and no traceback in the log
-
-    async def answer(request: Request, batch: bool, explain: bool = False) -> list[dict[str, Any]]:
-        jobs = await _read_jobs(request, batch)
-
-        def work() -> list[dict[str, Any]]:
-            images = _prepare_all(jobs, max_request_pixels)
-            names = [j.name for j in jobs]
-            records = explain_records(model, images, names) if explain else predict_records(model, images, names)
-            for r, p in zip(records, images, strict=True):
-                r["input"] = p.image.tolist()
-            return records
-
-        return await app.state.slots.run(max(j.pixels for j in jobs) > LARGE_PICTURE, work)
-
-    # The answers are built by our own code, so they go out as plain JSON: re-validating 784 pixel
-    # values per answer against the response model would cost more than the inference itself.
-    @app.post("/api/predict", response_model=Prediction, openapi_extra=_body_doc("file", False),
-              responses=RESPONSES, summary="Recognize one digit: an uploaded image (field 'file') or JSON")
-    async def predict(request: Request) -> JSONResponse:
-        return JSONResponse((await answer(request, batch=False))[0])
-
-    @app.post("/api/predict/batch", response_model=list[Prediction], openapi_extra=_body_doc("files", True),
-              responses=RESPONSES, summary=f"Recognize up to {MAX_BATCH} digits in one request, answered in order")
-    async def predict_batch(request: Request) -> JSONResponse:
-        return JSONResponse(await answer(request, batch=True))
-
-    @app.post("/api/explain", response_model=Explanation, openapi_extra=_body_doc("file", False), responses=RESPONSES,
-              summary="Recognize one digit and say where the evidence lies (occlusion: 'attribution', 28x28)")
-    async def explain(request: Request) -> JSONResponse:
-        return JSONResponse((await answer(request, batch=False, explain=True))[0])
-
-    @app.post("/api/read", response_model=Reading, openapi_extra=_body_doc("file", False), responses=RESPONSES,
-              summary="Read a whole number (several digits, left to right): an image file (field 'file') or JSON")
-    async def read_number(request: Request) -> JSONResponse:
-        jobs = await _read_jobs(request, batch=False)
-
-        def work() -> dict[str, Any]:
-            return _prepare_all(jobs, max_request_pixels, lambda picture, job: _read_reduced(model, picture, job))[0]
-
-        return JSONResponse(await app.state.slots.run(jobs[0].pixels > LARGE_PICTURE, work))
-
-    info = _model_info(model, max_upload)
-
-    @app.get("/api/model", summary="The model's metadata (file names only, never local paths)")
-    async def model_info() -> dict[str, Any]:
-        return info
-
-    # async: answered on the event loop, never queued behind decodes in the thread pool
-    @app.get("/api/health", summary="Liveness")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/", include_in_schema=False)
-    async def index() -> FileResponse:
-        return FileResponse(STATIC / "index.html", media_type="text/html")
-
+    _add_error_handlers(app, body_timeout)
+    _add_model_routes(app, model, max_request_pixels)
+    _add_page_routes(app, _model_info(model, max_upload))
     return app
 
 

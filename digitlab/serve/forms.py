@@ -51,6 +51,13 @@ class BadForm(ValueError):
     """A JSON body that is none of the accepted forms, or a form whose values are wrong."""
 
 
+class TooManyImages(BadForm):
+    """A batch of more than MAX_BATCH pictures (the server answers 413)."""
+
+    def __init__(self, count: int | str):
+        super().__init__(f"at most {MAX_BATCH} images per batch; got {count}")
+
+
 class PixelsIn(BaseModel):
     """Grey values, nested rows or flat with width/height."""
 
@@ -114,12 +121,15 @@ def parse_form(body: Any, where: str = "") -> BaseModel:
 
 
 def parse_batch(body: Any) -> list[BaseModel]:
-    """The forms of a batch body {"images": [form, ...]}, 1..MAX_BATCH of them. Raises BadForm."""
+    """The forms of a batch body {"images": [form, ...]}, 1..MAX_BATCH of them. Raises BadForm (TooManyImages
+    above MAX_BATCH)."""
     if not isinstance(body, dict) or set(body) != {"images"} or not isinstance(body["images"], list):
         raise BadForm(f'body: expected {{"images": [form, ...]}} with 1..{MAX_BATCH} forms, each one of {ACCEPTED}')
     images = body["images"]
-    if not 1 <= len(images) <= MAX_BATCH:
-        raise BadForm(f"images: expected 1..{MAX_BATCH} forms, got {len(images)}")
+    if len(images) > MAX_BATCH:
+        raise TooManyImages(len(images))
+    if not images:
+        raise BadForm(f"images: expected 1..{MAX_BATCH} forms, got none")
     return [parse_form(item, f"images[{i}]") for i, item in enumerate(images)]
 
 
