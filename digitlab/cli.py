@@ -53,6 +53,8 @@ def _base_type(hint) -> type:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `digitlab` argument parser: one subcommand per cmd_* function below; train's options come from TrainConfig's
+    fields."""
     # allow_abbrev=False: `--epoch 1` must not pass for `--epochs 1` (nor any other prefix).
     parser = argparse.ArgumentParser(prog="digitlab", description="Train, evaluate, inspect and serve "
                                      "handwritten-digit recognizers.", allow_abbrev=False)
@@ -133,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
+    """`digitlab summary [MODEL | --arch NAME]`: the network layer by layer, as Keras prints it. Returns the exit
+    status."""
     from digitlab.model import summary
 
     if args.model:
@@ -159,6 +163,8 @@ def torchrun_env(nproc: int, threads: int | None, environ: Mapping[str, str]) ->
 
 
 def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
+    """`digitlab train`: a recipe with the options given on the command line (argv tells which were given). Returns the
+    exit status."""
     from digitlab.training import check_output, train
 
     # Only what the user typed overrides the recipe (every option's default is None).
@@ -180,6 +186,7 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
+    """`digitlab recipes`: each recipe's settings, one line each. Returns 0."""
     for name, cfg in RECIPES.items():
         print(f"{name:>5}: " + ", ".join(f"{k}={v}" for k, v in recipe_settings(cfg).items()))
     return 0
@@ -192,6 +199,8 @@ def _test_set(data_dir: str | None, dataset: str):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """`digitlab evaluate MODEL...`: the test-set (or a labelled folder's) report; several models are an ensemble.
+    Returns the exit status."""
     from digitlab.evaluate import evaluate, format_report
     from digitlab.modelfile import load
 
@@ -265,6 +274,7 @@ def _every_record(entries: list[_Input], records: list[dict]) -> list[dict]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """`digitlab predict MODEL SOURCE...`: one record per input (failed ones too); exit 1 if any failed."""
     from digitlab.images import decode
     from digitlab.modelfile import load
     from digitlab.predict import describe, predict_records
@@ -297,6 +307,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_read(args: argparse.Namespace) -> int:
+    """`digitlab read MODEL SOURCE...`: whole numbers, one record per picture; exit 1 if any failed."""
     from digitlab.modelfile import load
     from digitlab.reading import read_file
 
@@ -314,6 +325,7 @@ def cmd_read(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    """`digitlab explain MODEL IMAGE...`: attribution maps (occlusion or integrated gradients); exit 1 if any failed."""
     from pathlib import Path
 
     import numpy as np
@@ -346,6 +358,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    """`digitlab show --index N [--train] [--out PNG]`: one MNIST image in the terminal or as a PNG. Returns the exit
+    status."""
     from digitlab.plots import show_png, show_terminal
 
     data = _test_set(args.data_dir, args.dataset or "mnist")
@@ -363,6 +377,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """`digitlab serve MODEL`: the HTTP API and the drawing page (127.0.0.1 unless --host says otherwise)."""
     from digitlab.serve.app import run
 
     if args.workers < 1:
@@ -373,6 +388,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_import_keras(args: argparse.Namespace) -> int:
+    """`digitlab import-keras FILE OUT`: a Keras .h5/.keras model as a digitlab model file. Returns the exit status."""
     from digitlab.modelfile import import_keras
 
     path = import_keras(args.file, args.out)
@@ -381,6 +397,8 @@ def cmd_import_keras(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    """`digitlab export MODEL --onnx OUT [--int8]`: the model as ONNX (int8: static quantization). Returns the exit
+    status."""
     from digitlab.modelfile import load
     from digitlab.onnx import export_onnx
 
@@ -414,6 +432,7 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `digitlab` command: parse argv, run the subcommand; DigitlabError becomes one line on stderr and exit 2."""
     import warnings
 
     warnings.formatwarning = _one_line_warning  # one line, like the errors: no source line from our code

@@ -79,6 +79,8 @@ IMAGE_STATUS = {"not_image": 415, "corrupt": 422, "too_large": 422}
 
 
 class Prediction(BaseModel):
+    """One picture's answer: the record digitlab.predict.predict_records gives every door."""
+
     source: str
     status: str = Field(description='"digit" | "empty" | "several_digits" | "not_a_digit"')
     digit: int | None = Field(description="null unless status is digit")
@@ -90,18 +92,24 @@ class Prediction(BaseModel):
 
 
 class Explanation(Prediction):
+    """A prediction with its 28x28 occlusion attribution (digitlab.explain)."""
+
     method: str = Field(description='"occlusion"')
     attribution: list[list[float]] | None = Field(
         description="28x28: evidence for the answer (positive) and against it (negative); null when empty")
 
 
 class ReadDigit(BaseModel):
+    """One digit of a reading (digitlab.reading.read)."""
+
     digit: int = Field(description="the digit's class index")
     confidence: float = Field(description="the model's probability for it, 0..1")
     box: list[int] = Field(description="[x0, y0, x1, y1] in the original picture's pixels (x1, y1 exclusive)")
 
 
 class Reading(BaseModel):
+    """A whole number read from one picture (digitlab.reading.read)."""
+
     source: str
     status: str = Field(description='"ok" | "empty" | "unsure" (a digit below the calibrated threshold; text is '
                         'still the best reading) | "too_many_marks" (only the first 32 marks, left to right, read)')
@@ -110,16 +118,22 @@ class Reading(BaseModel):
 
 
 class Failed(BaseModel):
+    """A picture of a batch that could not be read, in its place among the answers."""
+
     source: str = Field(description="the file name, or images[i] for a JSON form")
     error: str = Field(description="one line: why this picture was not read (what the single-picture endpoint "
                        "answers with 415 or 422)")
 
 
 class ErrorOut(BaseModel):
+    """The body of every 4xx/5xx answer."""
+
     detail: str = Field(description="one line naming the field or file and what was expected")
 
 
 class BadInput(Exception):
+    """An answer of `status` (4xx/503) with a one-line `detail`, raised anywhere a request is handled."""
+
     def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None):
         self.status, self.detail, self.headers = status, detail, headers
 

@@ -96,6 +96,8 @@ FORMS: dict[str, type[BaseModel]] = {"pixels": PixelsIn, "rgba": RgbaIn, "image"
 
 
 class BatchIn(BaseModel):
+    """A JSON batch: 1..MAX_BATCH pictures, each in any of the single-picture forms."""
+
     model_config = _STRICT
     images: Annotated[list[PixelsIn | RgbaIn | ImageIn], Field(min_length=1, max_length=MAX_BATCH)]
 
