@@ -242,11 +242,11 @@ def grey(picture: Any) -> np.ndarray:
         a = a.astype(np.float32) / _full_scale(float(a.max()) if a.size else 1.0, None)
     elif np.issubdtype(a.dtype, np.floating):
         a = a.astype(np.float32)
-        if a.size and not np.isfinite(a).all():
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)  # NaN and inf show in these
+        if not (np.isfinite(lo) and np.isfinite(hi)):
             raise ImageError("holds NaN or infinite values; expected finite pixel values")
-        if a.size and (a.min() < 0 or a.max() > 1):
-            raise ImageError(f"float pixels must lie in 0..1, got {float(a.min()):g}..{float(a.max()):g} "
-                             "(uint8 pixels may be 0..255)")
+        if lo < 0 or hi > 1:
+            raise ImageError(f"float pixels must lie in 0..1, got {lo:g}..{hi:g} (uint8 pixels may be 0..255)")
     else:
         raise ImageError(f"pixels of dtype {a.dtype}: expected uint8 0..255, float 0..1 or integers")
     if a.ndim == 3 and a.shape[2] in (3, 4):

@@ -71,9 +71,9 @@ def prepare(picture: Any) -> Prepared:
     g = grey(_bounded(picture))
     for candidate in (g, 1.0 - g) if g.shape == (28, 28) else ():  # MNIST-like, either polarity
         if is_mnist_like(candidate):
-            image = np.clip(candidate * 255.0, 0, 255).round().astype(np.uint8)
-            pieces = find_marks(image.astype(np.float32) / 255.0, image > 0)
-            return _record(image, pieces, 1.0, image.astype(np.float32) / 255.0)
+            image = _unit(candidate * 255.0, 255).round().astype(np.uint8)
+            ink = image.astype(np.float32) / 255.0
+            return _record(image, find_marks(ink, image > 0), 1.0, ink)
     ink, scale = ink_map(g)
     pieces = find_marks(ink, ink > 0)
     if not pieces:
@@ -83,6 +83,13 @@ def prepare(picture: Any) -> Prepared:
         finer = _finer_crop(g, _union(pieces[0]), scale)
         crop = crop if finer is None else finer
     return _record(to_28x28(crop), pieces, scale, ink)
+
+
+def _unit(a: np.ndarray, top: float = 1.0) -> np.ndarray:
+    """a (a float array made here, free to overwrite) clipped to 0..top in place: np.clip's result
+    without its Python overhead, which cost more than the arithmetic on these small pictures."""
+    np.maximum(a, 0, out=a)
+    return np.minimum(a, top, out=a)
 
 
 def _kept_ink(ink: np.ndarray, pieces: list[list[tuple[int, int, int, int]]]) -> np.ndarray:
@@ -153,7 +160,7 @@ def ink_map(g: np.ndarray, work_side: int = WORK_SIDE) -> tuple[np.ndarray, floa
         g = cv2.resize(g, (max(1, round(w / scale)), max(1, round(h / scale))), interpolation=cv2.INTER_AREA)
     elif scale < 1:  # small pictures (a canvas shrunk to 28x28): enlarged, so a 3x3 step is not a stroke
         g = cv2.resize(g, (max(1, round(w / scale)), max(1, round(h / scale))), interpolation=cv2.INTER_CUBIC)
-        g = np.clip(g, 0, 1)
+        g = _unit(g)
     g = cv2.GaussianBlur(g, (3, 3), 0)  # sensor noise and JPEG blocks, finer than any stroke here
     bright = _ink_is_bright(g)
     inv = g if bright else 1.0 - g
@@ -165,7 +172,7 @@ def ink_map(g: np.ndarray, work_side: int = WORK_SIDE) -> tuple[np.ndarray, floa
     # the edge is repeated beyond the picture, which carries the light's slope on: a ramp stays paper)
     padded = cv2.copyMakeBorder((inv * 255).astype(np.uint8), k, k, k, k, cv2.BORDER_REPLICATE)
     paper8 = cv2.morphologyEx(padded, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
-    paper = paper8[k:-k, k:-k].astype(np.float32) * np.float32(1 / 255)
+    paper = np.multiply(paper8[k:-k, k:-k], np.float32(1 / 255), dtype=np.float32)
     contrast = inv - paper
     if not bright:  # dark ink on paper: contrast relative to the paper's local brightness
         contrast = contrast / np.maximum(1.0 - paper, 0.02)
@@ -175,7 +182,7 @@ def ink_map(g: np.ndarray, work_side: int = WORK_SIDE) -> tuple[np.ndarray, floa
         if span < MIN_CONTRAST / 4:
             return np.zeros_like(inv), scale
         contrast = contrast / span
-    contrast = np.clip(contrast, 0, 1).astype(np.float32)
+    contrast = _unit(contrast.astype(np.float32, copy=False))
     level, noise = _robust_level(contrast)  # the paper's texture: what pure noise leaves above its minimum
     peak = float(contrast.max())  # of a blurred picture: one hot pixel does not make a peak
     if peak < MIN_CONTRAST or peak - level < MIN_SNR * noise:
@@ -184,9 +191,9 @@ def ink_map(g: np.ndarray, work_side: int = WORK_SIDE) -> tuple[np.ndarray, floa
     # keep their grey levels above it).
     t = max(level + 4.0 * noise, peak / 3.0, MIN_CONTRAST / 2)
     contrast = _drop_lines(contrast, t)
-    ink = np.clip((contrast - t / 2) / (peak - t / 2), 0, 1)
+    ink = _unit((contrast - t / 2) / (peak - t / 2))
     ink[contrast < t] = 0
-    return ink.astype(np.float32), scale
+    return ink.astype(np.float32, copy=False), scale
 
 
 def _ink_is_bright(g: np.ndarray) -> bool:
@@ -213,6 +220,10 @@ def _quantiles(x: np.ndarray, low: float, high: float) -> tuple[float, float]:
 def _robust_level(a: np.ndarray) -> tuple[float, float]:
     """The median of a mostly-background map and its noise: 1.4826 x the median absolute deviation."""
     sample = a[:: max(1, a.shape[0] // 96), :: max(1, a.shape[1] // 96)].ravel()
+    # A clean background (a drawing app's canvas) is mostly exact zeros: then the median and its
+    # deviation are 0, which partitioning a sample full of equal values found slowly.
+    if len(sample) - np.count_nonzero(sample) > round(0.5 * (len(sample) - 1)) and sample.min() >= 0:
+        return 0.0, 0.0
     med = _quantiles(sample, 0.5, 0.5)[0]
     return med, 1.4826 * _quantiles(np.abs(sample - med), 0.5, 0.5)[0]
 
@@ -222,9 +233,12 @@ def _drop_lines(contrast: np.ndarray, t: float) -> np.ndarray:
     lines (within 6 degrees of horizontal or vertical) that each cross 75% of the picture and are thin
     beside it. A digit's own long stroke (the bar of a 7, the stem of a tightly cropped 1) is alone in
     its direction and stays."""
-    mask = (contrast > t / 2).astype(np.uint8)  # faint parts of the lines too, so they come out whole
+    mask = (contrast > t / 2).view(np.uint8)  # faint parts of the lines too, so they come out whole
     h, w = mask.shape
     if min(h, w) < 16:
+        return contrast
+    _, _, ink_w, ink_h = cv2.boundingRect(mask)  # all the ink's extent bounds each piece's
+    if ink_w < 0.75 * w and ink_h < 0.75 * h:
         return contrast
     n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if not ((stats[1:, cv2.CC_STAT_WIDTH] >= 0.75 * w) | (stats[1:, cv2.CC_STAT_HEIGHT] >= 0.75 * h)).any():
@@ -283,7 +297,8 @@ def find_marks(ink: np.ndarray, mask: np.ndarray) -> list[list[tuple[int, int, i
     """The digit-sized marks in an ink map, left to right; each mark is a list of piece boxes
     (x0, y0, x1, y1) in ink-map pixels. Pieces overlapping horizontally by a third of the narrower one
     are one mark (a 5's bar, a broken 4 or 8); pieces and marks much smaller than the largest are specks."""
-    n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    mask = mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if n <= 1:
         return []
     # Pieces with under 5% of the largest piece's ink are specks (dust, the fringe of a shadow's edge):
@@ -327,13 +342,13 @@ def to_28x28(crop: np.ndarray) -> np.ndarray:
     peak = float(patch.max())
     if peak <= 0:
         return np.zeros((28, 28), np.uint8)
-    patch = np.clip(patch / peak, 0, 1)
+    patch = _unit(patch / peak)
     mass = float(patch.sum())
     ph, pw = patch.shape
     cy = float(patch.sum(axis=1) @ np.arange(ph)) / mass
     cx = float(patch.sum(axis=0) @ np.arange(pw)) / mass
-    top = int(np.clip(round(MASS_CENTER - cy), 0, 28 - ph))
-    left = int(np.clip(round(MASS_CENTER - cx), 0, 28 - pw))
+    top = min(max(round(MASS_CENTER - cy), 0), 28 - ph)
+    left = min(max(round(MASS_CENTER - cx), 0), 28 - pw)
     out = np.zeros((28, 28), np.float32)
     out[top:top + ph, left:left + pw] = patch
     return (out * 255.0).round().astype(np.uint8)
@@ -350,14 +365,14 @@ def _thicken(crop: np.ndarray) -> np.ndarray:
     target = 0.7 * 2.2 * max(crop.shape) / 20
     kernel = np.ones((3, 3), np.uint8)
     for _ in range(8):
-        mask = (crop > 0.4).astype(np.uint8)
-        area = int(mask.sum())
+        mask = (crop > 0.4).view(np.uint8)
+        area = cv2.countNonZero(mask)
         if not area:
             break
-        boundary = area - int(cv2.erode(mask, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0).sum())
+        boundary = area - cv2.countNonZero(cv2.erode(mask, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0))
         if 2.0 * area / max(1, boundary) >= target:
             break
-        crop = cv2.dilate(np.pad(crop, 1), kernel)
+        crop = cv2.dilate(cv2.copyMakeBorder(crop, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0), kernel)
     return crop
 
 
@@ -400,7 +415,7 @@ def _tensor_to_numpy(t: Any) -> np.ndarray:
 def _prepare_batch(a: np.ndarray) -> np.ndarray:
     """prepare() over a (N, 28, 28) batch; the MNIST-like ones (all of a dataset's) are found at once."""
     x = a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else grey(a.reshape(-1, 28)).reshape(a.shape)
-    out = np.clip(x * 255.0, 0, 255).round().astype(np.uint8)
+    out = _unit(x * 255.0, 255).round().astype(np.uint8)
     for i in np.flatnonzero(~mnist_like_batch(x)):
         out[i] = prepare(x[i]).image
     return out
