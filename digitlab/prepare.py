@@ -171,7 +171,11 @@ def ink_map(g: np.ndarray, work_side: int = WORK_SIDE) -> tuple[np.ndarray, floa
     # (on 8 bits: OpenCV's min/max filters are several times faster there, and 1/255 is below any ink;
     # the edge is repeated beyond the picture, which carries the light's slope on: a ramp stays paper)
     padded = cv2.copyMakeBorder((inv * 255).astype(np.uint8), k, k, k, k, cv2.BORDER_REPLICATE)
-    paper8 = cv2.morphologyEx(padded, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
+    box = cv2.getStructuringElement(cv2.MORPH_RECT, (k, k))
+    paper8 = cv2.erode(padded, box)  # the opening: erosion, then dilation (MORPH_OPEN's two steps) ...
+    lo, hi = cv2.minMaxLoc(paper8)[:2]
+    if lo != hi:  # ... which cannot change a flat erosion (a drawing app's plain canvas)
+        paper8 = cv2.dilate(paper8, box)
     paper = np.multiply(paper8[k:-k, k:-k], np.float32(1 / 255), dtype=np.float32)
     contrast = inv - paper
     if not bright:  # dark ink on paper: contrast relative to the paper's local brightness
@@ -213,6 +217,9 @@ def _quantiles(x: np.ndarray, low: float, high: float) -> tuple[float, float]:
     cost more than the rest of a canvas's preparation."""
     n = len(x) - 1
     i, j = round(low * n), round(high * n)
+    lo, hi = x.min(), x.max()  # a clean canvas: both tails are runs of its extreme values, no sort needed
+    if np.count_nonzero(x == lo) > i and np.count_nonzero(x == hi) > n - j:
+        return float(lo), float(hi)
     part = np.partition(x, (i, j))
     return float(part[i]), float(part[j])
 
