@@ -153,8 +153,9 @@ def ink_map(g: np.ndarray, work_side: int = WORK_SIDE) -> tuple[np.ndarray, floa
     px). g: grey picture, float32 0..1 on its own range, any polarity, lighting and paper. work_side: the
     longest working side in px (a wide picture of several digits needs more than one digit does)."""
     h, w = g.shape
-    # Shrunk only when well over the working side (a 280-px canvas is worked on as it is: resizing it
-    # would cost more than it saves), enlarged when small.
+    # Shrunk only when well over the working side (up to 1.25x it is worked on as it is: resizing would
+    # cost more than it saves; a 280-px canvas is shrunk, and that area resize is a third of its preparation),
+    # enlarged when small.
     scale = max(h, w) / work_side if max(h, w) > 1.25 * work_side else min(1.0, min(h, w) / SMALL_SIDE)
     if scale > 1:
         g = cv2.resize(g, (max(1, round(w / scale)), max(1, round(h / scale))), interpolation=cv2.INTER_AREA)

@@ -423,3 +423,29 @@ def test_client_gone_mid_body_is_quiet(trained_model, caplog):
                          (b"content-length", b"100")], "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000)}
     asyncio.run(app(scope, receive, send))  # raises without the handler
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
+def test_small_pictures_are_prepared_on_the_event_loop_large_ones_in_a_thread(trained_model, monkeypatch):
+    """A canvas or JSON pixels is about a millisecond of work: handing it to a thread and back cost more.
+    Pictures over INLINE_PIXELS still go to the thread pool, so the loop is never held for long."""
+    import digitlab.serve.app as serve_app
+
+    on_loop = []
+
+    def recording_prepare(picture):
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:  # a worker thread has no running loop
+            on_loop.append(False)
+        return prepare(picture)
+
+    monkeypatch.setattr(serve_app, "prepare", recording_prepare)
+    app = create_app(trained_model)
+    with TestClient(app, base_url="http://localhost") as c:
+        for size in (280, 600):  # 78,400 and 360,000 pixels; INLINE_PIXELS is 100,000
+            data = encoded(drawn_one(size).convert("RGBA"))
+            r = c.post("/api/predict", files={"file": ("one.png", data, "image/png")})
+            assert r.status_code == 200 and r.json()["digit"] is not None
+        assert c.post("/api/predict", json={"pixels": np.zeros((28, 28), int).tolist()}).status_code == 200
+    assert on_loop == [True, False, True]
