@@ -449,3 +449,16 @@ def test_small_pictures_are_prepared_on_the_event_loop_large_ones_in_a_thread(tr
             assert r.status_code == 200 and r.json()["digit"] is not None
         assert c.post("/api/predict", json={"pixels": np.zeros((28, 28), int).tolist()}).status_code == 200
     assert on_loop == [True, False, True]
+
+
+def test_the_server_runs_inference_on_one_thread(tiny_model_path):
+    """onnxruntime's default pool (a thread per core, spinning between runs) burned about a third of a
+    canvas request's CPU beside the work; the server's requests are single pictures."""
+    import digitlab
+
+    model = digitlab.load(tiny_model_path)
+    with TestClient(create_app(model), base_url="http://localhost") as c:
+        assert c.post("/api/predict", json={"pixels": np.zeros((28, 28), int).tolist()}).status_code == 200
+        assert c.post("/api/predict", files={"file": ("one.png", encoded(drawn_one()), "image/png")}).status_code == 200
+    session = model._onnx_session()
+    assert session is not None and session.get_session_options().intra_op_num_threads == 1
