@@ -151,8 +151,8 @@ def _media_type(request: Request) -> str:
 
 class Slots:
     """Decode slots: one per core for small pictures, one for large ones; waits up to queue_wait, then 503.
-    Work on at most INLINE_PIXELS pixels (a canvas, JSON pixels) runs on the event loop itself: handing
-    it to a thread and back cost more than the work (measured with wrk: benchmarks/load.py)."""
+    Work on at most INLINE_PIXELS pixels (JSON pixels, 28x28 uploads) runs on the event loop itself:
+    handing it to a thread and back cost more than the work (benchmarks/app_overhead.py)."""
 
     def __init__(self, small: int, queue_wait: float):
         self.small, self.large, self.queue_wait = asyncio.Semaphore(small), asyncio.Semaphore(1), queue_wait
