@@ -23,7 +23,7 @@ def run_benchmark(script: str, *args: str, home: Path) -> subprocess.CompletedPr
                           text=True, env=env, timeout=120, cwd=home)
 
 
-@pytest.mark.parametrize("script", ["inference.py", "int8.py", "load.py", "conditions.py"])
+@pytest.mark.parametrize("script", ["inference.py", "int8.py", "load.py", "conditions.py", "app_overhead.py"])
 def test_without_data_a_message_not_a_traceback(tmp_path, tiny_model_path, script):
     proc = run_benchmark(script, str(tiny_model_path), home=tmp_path)
     assert proc.returncode != 0
