@@ -462,3 +462,24 @@ def test_the_server_runs_inference_on_one_thread(tiny_model_path):
         assert c.post("/api/predict", files={"file": ("one.png", encoded(drawn_one()), "image/png")}).status_code == 200
     session = model._onnx_session()
     assert session is not None and session.get_session_options().intra_op_num_threads == 1
+
+
+def test_plain_png_uploads_reach_prepare_within_its_pixel_bound(tiny_model_path, monkeypatch):
+    """Plain PNGs skip Pillow (decode_plain_png) and arrive as float arrays, which _reduced leaves alone: a
+    2.25 MP one reached prepare() whole, past PREPARE_PIXELS (the server's bound on prepare's float copies)."""
+    import digitlab
+    import digitlab.serve.app as serve_app
+    from digitlab.serve import PREPARE_PIXELS
+
+    sizes = []
+
+    def recording_prepare(picture):
+        sizes.append(picture.width * picture.height if isinstance(picture, Image.Image) else picture.size)
+        return prepare(picture)
+
+    monkeypatch.setattr(serve_app, "prepare", recording_prepare)
+    with TestClient(create_app(digitlab.load(tiny_model_path)), base_url="http://localhost") as c:
+        for side in (280, 1500):  # 78,400 and 2,250,000 pixels
+            data = encoded(drawn_one(side).convert("RGB"))
+            assert c.post("/api/predict", files={"file": ("one.png", data, "image/png")}).status_code == 200
+    assert sizes[0] == 280 * 280 and 0 < sizes[1] <= PREPARE_PIXELS

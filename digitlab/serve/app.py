@@ -205,7 +205,8 @@ def _prepare_all(jobs: list[Job], max_pixels: int, step: Callable[[Any, Job], An
     step, step(picture, job) for each decoded picture instead of prepare() (reading numbers)."""
     left, images = max_pixels, []
     for job in jobs:
-        picture = job.picture if job.data is None else decode_plain_png(job.data, left)
+        # (plain PNGs decode straight to floats, so only those prepare() may take whole: PREPARE_PIXELS)
+        picture = job.picture if job.data is None else decode_plain_png(job.data, min(left, PREPARE_PIXELS))
         if picture is None:
             try:
                 picture = load_image(job.data, name=job.name, max_pixels=left)
