@@ -405,9 +405,7 @@ def create_app(model: DigitModel | str | Path, max_upload: int = MAX_UPLOAD,
     any); slots: decodes at once (default: one per core); queue_wait: seconds a request waits for a slot
     before 503; max_request_pixels: decoded pixels per request; body_timeout: seconds for a body."""
     model = model if isinstance(model, DigitModel) else load(model)
-    # One picture per request: a second inference thread only spins (see DigitModel.onnx_threads; read
-    # when the model's onnxruntime session is made, at its first prediction).
-    model.onnx_threads = 1
+    model.onnx_threads = 1  # one picture per request: a second inference thread only spins (DigitModel)
     app = FastAPIOffline(title="digitlab", version=__version__, max_body_size=max_upload,
                          description="Handwritten-digit recognition. Every picture is prepared MNIST-style "
                                      "(ink bright, cropped, fit to 20x20, centred by mass in 28x28).")
