@@ -13,6 +13,7 @@ import os
 import stat
 import struct
 import warnings
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -32,6 +33,12 @@ MAX_DECODED_BYTES = 128 * 2**20  # (decoding and conversion take about 3x this a
 DECODE_SIDE = 1024  # decode big pictures to a long side of at least this; prepare works at 512
 Image.MAX_IMAGE_PIXELS = None  # our own limits below replace Pillow's warning-then-error heuristics
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as Pillow's convert("L")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# PNG chunks that change nothing either decoder shows of the pixels (neither applies gamma or colour
+# management); any other (a transparent colour, an ICC profile, animation, EXIF orientation) goes to Pillow.
+_PLAIN_CHUNKS = {b"IHDR", b"IDAT", b"IEND", b"pHYs", b"gAMA", b"cHRM", b"sRGB", b"sBIT", b"tIME", b"bKGD",
+                 b"tEXt", b"zTXt", b"iTXt"}
+_ORIENTING_TEXT = (b"Raw profile type exif", b"XML:com.adobe.xmp")  # Pillow's exif_transpose reads these
 
 
 def load_image(source: str | os.PathLike | bytes | IO[bytes], name: str | None = None, *,
@@ -145,6 +152,10 @@ def decode(source: str | os.PathLike | bytes | IO[bytes], name: str | None = Non
     """An image file (path, bytes or file object) as grey levels: float32 (H, W) in 0..1 on the picture's
     own range. Every failure, in opening or in converting, is an ImageError naming the file."""
     label = name or (str(source) if isinstance(source, (str, os.PathLike)) else "image")
+    if isinstance(source, bytes):
+        fast = decode_plain_png(source, max_pixels)
+        if fast is not None:
+            return fast
     im = load_image(source, name=label, max_pixels=max_pixels)
     try:
         return grey(im)
@@ -152,6 +163,61 @@ def decode(source: str | os.PathLike | bytes | IO[bytes], name: str | None = Non
         raise ImageError(f"{label}: {e}") from None
     except (OSError, ValueError, TypeError, MemoryError) as e:
         raise ImageError(f"{label}: cannot convert a {im.mode} image to grey levels ({e})") from None
+
+
+def png_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR chunk, or None if data does not start like a PNG."""
+    if len(data) < 24 or data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", data[16:24])
+
+
+def _plain_png(data: bytes, max_pixels: int) -> bool:
+    """Whether data is a PNG that OpenCV decodes to what Pillow's road gives: 8-bit grey, RGB or RGBA,
+    every chunk's CRC right and none outside _PLAIN_CHUNKS, and small enough to need no reduction and
+    to pass every limit load_image applies (so that road keeps every refusal and its message)."""
+    size = png_size(data)
+    if size is None or len(data) < 33 or data[24] != 8 or data[25] not in (0, 2, 6):
+        return False
+    w, h = size
+    if not 0 < w <= 2 * DECODE_SIDE or not 0 < h <= 2 * DECODE_SIDE or w * h > max_pixels:
+        return False
+    view, i = memoryview(data), 8
+    while i + 12 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, i)
+        end = i + 8 + length
+        if kind not in _PLAIN_CHUNKS or end + 4 > len(data) \
+                or zlib.crc32(view[i + 4:end]) != struct.unpack_from(">I", data, end)[0]:
+            return False
+        if kind in (b"tEXt", b"zTXt", b"iTXt") and bytes(view[i + 8:end]).startswith(_ORIENTING_TEXT):
+            return False
+        if kind == b"IEND":
+            return True
+        i = end + 4
+    return False  # no IEND: truncated
+
+
+def decode_plain_png(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray | None:
+    """decode(data) for the common canvas upload - an 8-bit grey, RGB or RGBA PNG with nothing but pixels
+    (see _plain_png) - decoded by OpenCV's libpng without Pillow's image objects and copies: float32 (H, W)
+    in 0..1. None for any other data (decode it with decode() or load_image(), which apply every guard).
+    Colour is weighted as Pillow does (ITU-R BT.601) in OpenCV's 14-bit fixed point, which may differ from
+    Pillow's 16-bit rounding by one grey level on coloured pixels; grey pixels are exact."""
+    if not _plain_png(data, max_pixels):
+        return None
+    a = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if a is None or a.dtype != np.uint8 or a.shape[:2] != png_size(data)[::-1]:
+        return None  # a decoding error: load_image says what it is
+    scale = np.float32(1 / 255)
+    if a.ndim == 2:
+        return a.astype(np.float32) * scale
+    if a.shape[2] == 3:
+        return cv2.cvtColor(a, cv2.COLOR_BGR2GRAY).astype(np.float32) * scale
+    lum = cv2.cvtColor(a, cv2.COLOR_BGRA2GRAY).astype(np.float32) * scale
+    alpha = a[..., 3]
+    if cv2.minMaxLoc(alpha)[0] >= 250:  # opaque after all (most canvases), as _pil_grey decides
+        return lum
+    return _composite(lum, alpha.astype(np.float32) * scale)
 
 
 def grey(picture: Any) -> np.ndarray:
@@ -177,11 +243,11 @@ def grey(picture: Any) -> np.ndarray:
         a = a.astype(np.float32) / _full_scale(float(a.max()) if a.size else 1.0, None)
     elif np.issubdtype(a.dtype, np.floating):
         a = a.astype(np.float32)
-        if a.size and not np.isfinite(a).all():
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)  # NaN and inf show in these
+        if not (np.isfinite(lo) and np.isfinite(hi)):
             raise ImageError("holds NaN or infinite values; expected finite pixel values")
-        if a.size and (a.min() < 0 or a.max() > 1):
-            raise ImageError(f"float pixels must lie in 0..1, got {float(a.min()):g}..{float(a.max()):g} "
-                             "(uint8 pixels may be 0..255)")
+        if lo < 0 or hi > 1:
+            raise ImageError(f"float pixels must lie in 0..1, got {lo:g}..{hi:g} (uint8 pixels may be 0..255)")
     else:
         raise ImageError(f"pixels of dtype {a.dtype}: expected uint8 0..255, float 0..1 or integers")
     if a.ndim == 3 and a.shape[2] in (3, 4):

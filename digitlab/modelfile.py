@@ -48,6 +48,10 @@ class DigitModel:
         # "auto": onnxruntime when it is installed (digitlab[onnx]; several times faster on batches),
         # else NumPy. Both compute the same network from the same weights (equal within 1e-6).
         self.backend = backend
+        # onnxruntime's threads per inference; 0: its own choice (one per core, spinning between runs).
+        # The server sets 1: its requests are single pictures, and a spinning pool burned a third of a
+        # canvas request's CPU beside the work (benchmarks/app_overhead.py).
+        self.onnx_threads = 0
         self._session: Any = None
 
     @property
@@ -98,6 +102,7 @@ class DigitModel:
                 return None
             options = ort.SessionOptions()
             options.log_severity_level = 3
+            options.intra_op_num_threads = self.onnx_threads
             self._session = ort.InferenceSession(onnx_model(self.arch, self.weights, logits=True).SerializeToString(),
                                                  options, providers=["CPUExecutionProvider"])
         return self._session

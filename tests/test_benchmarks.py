@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,7 +23,8 @@ def run_benchmark(script: str, *args: str, home: Path) -> subprocess.CompletedPr
                           text=True, env=env, timeout=120, cwd=home)
 
 
-@pytest.mark.parametrize("script", ["inference.py", "int8.py", "load.py", "siege.py", "conditions.py"])
+@pytest.mark.parametrize("script", ["inference.py", "int8.py", "load.py", "siege.py", "conditions.py",
+                                    "app_overhead.py"])
 def test_without_data_a_message_not_a_traceback(tmp_path, tiny_model_path, script):
     proc = run_benchmark(script, str(tiny_model_path), home=tmp_path)
     assert proc.returncode != 0
@@ -37,3 +39,16 @@ def test_inference_missing_model_or_argument(tmp_path):
     assert "mnist.safetensors" in proc.stderr.strip().splitlines()[-1]
     proc = run_benchmark("inference.py", home=tmp_path)
     assert proc.returncode == 2 and "usage: inference.py" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_prepare_benchmark_peak_is_the_childs_own(tmp_path):
+    """benchmarks/prepare.py printed 317 MB for a 48 MP JPEG that peaks at ~80 MB: ru_maxrss in a child
+    starts from the parent's peak (the parent had just built the 48 MP picture). VmHWM is the child's own."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("prepare_benchmark", ROOT / "benchmarks" / "prepare.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    held = np.ones(200 * 2**20, np.uint8)  # 200 MB held (and touched) by this process
+    assert held.sum() == len(held)
+    assert bench.child_peak_mb("x", code=bench.PEAK.replace("p = prepare(decode(sys.argv[1]))", "")) < 150

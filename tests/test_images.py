@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from digitlab.errors import ImageError
-from digitlab.images import MAX_PIXELS, decode, load_image
+from digitlab.images import MAX_PIXELS, decode, decode_plain_png, grey, load_image
 from digitlab.prepare import prepare
 
 
@@ -150,3 +150,103 @@ def test_big_bilevel_palette_and_16_bit_scans_decode(tmp_path, mode):
     im.save(path)
     out = to_mnist(decode(path))
     assert out.max() > 200 and (out > 128).sum(axis=0).max() >= 15
+
+
+def _png_bytes(im: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG", **kw)
+    return buf.getvalue()
+
+
+def _canvas(mode: str, seed: int = 0) -> Image.Image:
+    """A drawing as a canvas app saves it: anti-aliased ink on a plain ground, in the given mode."""
+    rng = np.random.default_rng(seed)
+    ink = np.zeros((100, 120), np.float32)
+    ink[20:80, 50:62] = 1.0
+    ink[20:30, 30:90] = rng.uniform(0.3, 1.0)
+    colour = rng.integers(0, 200, 3)
+    rgb = (255 * (1 - ink[..., None]) + colour * ink[..., None]).round().astype(np.uint8)
+    if mode == "L":
+        return Image.fromarray(rgb[..., 0], "L")
+    if mode == "RGB":
+        return Image.fromarray(rgb, "RGB")
+    if mode == "RGBA":  # opaque
+        return Image.fromarray(np.dstack([rgb, np.full(ink.shape, 255, np.uint8)]), "RGBA")
+    # drawn on a transparent canvas: colour ink, alpha = coverage
+    return Image.fromarray(np.dstack([np.broadcast_to(colour, rgb.shape).astype(np.uint8),
+                                      (ink * 255).round().astype(np.uint8)]), "RGBA")
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "RGBA-transparent"])
+def test_plain_png_fast_road_reads_as_pillow_does(mode):
+    """Canvas PNGs are decoded by OpenCV without Pillow's objects (decode_plain_png); the grey levels are
+    Pillow's road's: exact on grey pixels, within one grey level on coloured ones (14- vs 16-bit weights)."""
+    im = _canvas(mode.split("-")[0] if mode != "RGBA-transparent" else "T")
+    data = _png_bytes(im)
+    fast = decode_plain_png(data)
+    assert fast is not None and fast.dtype == np.float32
+    slow = grey(load_image(data))
+    assert fast.shape == slow.shape and np.abs(fast - slow).max() <= 1 / 255 + 1e-6
+    grey_im = _png_bytes(Image.fromarray(np.asarray(im.convert("L")), "L").convert(im.mode))
+    np.testing.assert_array_equal(decode_plain_png(grey_im), grey(load_image(grey_im)))
+    np.testing.assert_array_equal(decode(data), fast)
+
+
+def _with_chunk(data: bytes, kind: bytes, body: bytes) -> bytes:
+    chunk = len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+    return data[:33] + chunk + data[33:]  # right after IHDR
+
+
+@pytest.mark.parametrize("case", ["palette", "16-bit", "transparent colour", "exif", "xmp", "bad crc",
+                                  "truncated", "too big to keep", "over max_pixels", "jpeg"])
+def test_png_fast_road_leaves_everything_else_to_pillow(case):
+    """Whatever the fast road cannot decode exactly as Pillow's road does (other modes, orientation in
+    EXIF or XMP, damage, size limits) is left to load_image: decode_plain_png says None."""
+    rgb = _canvas("RGB")
+    data = _png_bytes(rgb)
+    max_pixels = MAX_PIXELS
+    if case == "palette":
+        data = _png_bytes(rgb.convert("P"))
+    elif case == "16-bit":
+        data = _png_bytes(Image.fromarray(np.asarray(rgb.convert("L")).astype(np.uint16) * 257))
+    elif case == "transparent colour":
+        data = _png_bytes(rgb, transparency=(255, 255, 255))
+    elif case == "exif":
+        exif = Image.Exif()
+        exif[0x0112] = 6  # rotated: Pillow's road turns it upright
+        data = _png_bytes(rgb, exif=exif)
+    elif case == "xmp":
+        data = _with_chunk(data, b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0<x:xmpmeta tiff:Orientation=\"6\"/>")
+    elif case == "bad crc":
+        data = data[:-20] + bytes([data[-20] ^ 1]) + data[-19:]
+    elif case == "truncated":
+        data = data[:len(data) // 2]
+    elif case == "too big to keep":
+        data = _png_bytes(Image.new("L", (4100, 10), 255))
+    elif case == "over max_pixels":
+        max_pixels = 100 * 120 - 1
+    elif case == "jpeg":
+        buf = io.BytesIO()
+        rgb.save(buf, "JPEG")
+        data = buf.getvalue()
+    assert decode_plain_png(data, max_pixels) is None
+    if case not in ("bad crc", "truncated", "over max_pixels"):
+        np.testing.assert_array_equal(decode(data), grey(load_image(data)))
+    if case == "exif":
+        assert decode(data).shape == (120, 100)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bad data with right CRCs"])
+def test_damaged_png_bytes_are_refused_by_decode_as_by_load_image(damage):
+    data = _png_bytes(Image.effect_noise((300, 300), 60))
+    if damage == "truncated":
+        data = data[:2000]
+    else:  # the compressed pixels damaged, the chunk's CRC recomputed: only the decoder can tell
+        length = int.from_bytes(data[33:37], "big")
+        body = bytearray(data[41:41 + length])
+        body[10:12] = bytes([body[10] ^ 0xFF, body[11] ^ 0x55])
+        data = data[:41] + bytes(body) + zlib.crc32(b"IDAT" + bytes(body)).to_bytes(4, "big") + data[45 + length:]
+        assert data[37:41] == b"IDAT" and decode_plain_png(data) is None
+    with pytest.raises(ImageError, match="cut.png: cannot decode") as e:
+        decode(data, name="cut.png")
+    assert e.value.kind == "corrupt"

@@ -462,3 +462,63 @@ def test_client_gone_mid_body_is_quiet(trained_model, caplog):
                          (b"content-length", b"100")], "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000)}
     asyncio.run(app(scope, receive, send))  # raises without the handler
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
+def test_small_pictures_are_prepared_on_the_event_loop_large_ones_in_a_thread(trained_model, monkeypatch):
+    """JSON pixels or a 28x28 upload is a fraction of a millisecond of work: handing it to a thread and
+    back cost more. Pictures over INLINE_PIXELS (a 280x280 canvas) go to the decode threads."""
+    import digitlab.serve.app as serve_app
+
+    on_loop = []
+
+    def recording_prepare(picture):
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:  # a worker thread has no running loop
+            on_loop.append(False)
+        return prepare(picture)
+
+    monkeypatch.setattr(serve_app, "prepare", recording_prepare)
+    app = create_app(trained_model)
+    with TestClient(app, base_url="http://localhost") as c:
+        for size in (60, 280):  # 3,600 and 78,400 pixels; INLINE_PIXELS is 4,096
+            data = encoded(drawn_one(size).convert("RGBA"))
+            r = c.post("/api/predict", files={"file": ("one.png", data, "image/png")})
+            assert r.status_code == 200 and r.json()["digit"] is not None
+        assert c.post("/api/predict", json={"pixels": np.zeros((28, 28), int).tolist()}).status_code == 200
+    assert on_loop == [True, False, True]
+
+
+def test_the_server_runs_inference_on_one_thread(tiny_model_path):
+    """onnxruntime's default pool (a thread per core, spinning between runs) burned about a third of a
+    canvas request's CPU beside the work; the server's requests are single pictures."""
+    import digitlab
+
+    model = digitlab.load(tiny_model_path)
+    with TestClient(create_app(model), base_url="http://localhost") as c:
+        assert c.post("/api/predict", json={"pixels": np.zeros((28, 28), int).tolist()}).status_code == 200
+        assert c.post("/api/predict", files={"file": ("one.png", encoded(drawn_one()), "image/png")}).status_code == 200
+    session = model._onnx_session()
+    assert session is not None and session.get_session_options().intra_op_num_threads == 1
+
+
+def test_plain_png_uploads_reach_prepare_within_its_pixel_bound(tiny_model_path, monkeypatch):
+    """Plain PNGs skip Pillow (decode_plain_png) and arrive as float arrays, which _reduced leaves alone: a
+    2.25 MP one reached prepare() whole, past PREPARE_PIXELS (the server's bound on prepare's float copies)."""
+    import digitlab
+    import digitlab.serve.app as serve_app
+    from digitlab.serve import PREPARE_PIXELS
+
+    sizes = []
+
+    def recording_prepare(picture):
+        sizes.append(picture.width * picture.height if isinstance(picture, Image.Image) else picture.size)
+        return prepare(picture)
+
+    monkeypatch.setattr(serve_app, "prepare", recording_prepare)
+    with TestClient(create_app(digitlab.load(tiny_model_path)), base_url="http://localhost") as c:
+        for side in (280, 1500):  # 78,400 and 2,250,000 pixels
+            data = encoded(drawn_one(side).convert("RGB"))
+            assert c.post("/api/predict", files={"file": ("one.png", data, "image/png")}).status_code == 200
+    assert sizes[0] == 280 * 280 and 0 < sizes[1] <= PREPARE_PIXELS

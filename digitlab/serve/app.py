@@ -34,14 +34,14 @@ from fastapi_offline import FastAPIOffline
 from PIL import Image
 from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
-from pydantic_core import from_json
+from pydantic_core import from_json, to_json
 from starlette.exceptions import HTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 
 from digitlab import __version__
 from digitlab.errors import ImageError
-from digitlab.images import load_image, reduce_picture
+from digitlab.images import decode_plain_png, load_image, png_size, reduce_picture
 from digitlab.modelfile import DigitModel, load
 from digitlab.predict import explain_records, predict_records
 from digitlab.prepare import prepare
@@ -49,6 +49,7 @@ from digitlab.reading import file_size, read, rescale_boxes
 from digitlab.serve import (
     BODY_TIMEOUT_S,
     HEADER_TIMEOUT_S,
+    INLINE_PIXELS,
     LARGE_PICTURE,
     LOOPBACK_HOSTS,
     MAX_CONNECTIONS,
@@ -170,23 +171,28 @@ def _media_type(request: Request) -> str:
 
 
 class Slots:
-    """Decode slots: one per core for small pictures, one for large ones; waits up to queue_wait, then 503."""
+    """Decode slots: one per core for small pictures, one for large ones; waits up to queue_wait, then 503.
+    Work on at most INLINE_PIXELS pixels (JSON pixels, 28x28 uploads) runs on the event loop itself:
+    handing it to a thread and back cost more than the work (benchmarks/app_overhead.py)."""
 
     def __init__(self, small: int, queue_wait: float):
         self.small, self.large, self.queue_wait = asyncio.Semaphore(small), asyncio.Semaphore(1), queue_wait
 
-    async def run(self, large: bool, fn: Callable[[], Any]) -> Any:
-        sems = (self.large, self.small) if large else (self.small,)
+    async def run(self, pixels: int, fn: Callable[[], Any]) -> Any:
+        sems = (self.large, self.small) if pixels > LARGE_PICTURE else (self.small,)
         taken = []
         try:
             for sem in sems:
-                try:
-                    await asyncio.wait_for(sem.acquire(), self.queue_wait)
-                except TimeoutError:
-                    raise BadInput(503, f"busy: every decode slot stayed taken for {self.queue_wait:g} s; "
-                                   "try again", {"Retry-After": "1"}) from None
+                if sem.locked():  # (wait_for makes a task: only worth it when there is a wait)
+                    try:
+                        await asyncio.wait_for(sem.acquire(), self.queue_wait)
+                    except TimeoutError:
+                        raise BadInput(503, f"busy: every decode slot stayed taken for {self.queue_wait:g} s; "
+                                       "try again", {"Retry-After": "1"}) from None
+                else:
+                    await sem.acquire()
                 taken.append(sem)
-            return await run_in_threadpool(fn)
+            return fn() if pixels <= INLINE_PIXELS else await run_in_threadpool(fn)
         finally:
             for sem in taken:
                 sem.release()
@@ -194,6 +200,9 @@ class Slots:
 
 def _declared_pixels(data: bytes) -> int:
     """The pixel count an image file declares in its header (0 if unreadable: load_image says why)."""
+    size = png_size(data)
+    if size is not None:
+        return size[0] * size[1]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -221,13 +230,13 @@ def _prepare_one(job: Job, left: int, max_pixels: int, step: Callable[[Any, Job]
     fit in the left of the request's budget of max_pixels. Raises BadInput."""
     if job.error is not None:
         raise job.error
-    if job.data is not None:
+    # (plain PNGs decode straight to floats, so only those prepare() may take whole: PREPARE_PIXELS)
+    picture = job.picture if job.data is None else decode_plain_png(job.data, min(left, PREPARE_PIXELS))
+    if picture is None:
         try:
             picture = load_image(job.data, name=job.name, max_pixels=left)
         except ImageError as e:
             raise BadInput(IMAGE_STATUS.get(e.kind, 422), str(e)) from None
-    else:
-        picture = job.picture
     size = picture.width * picture.height if isinstance(picture, Image.Image) else job.pixels
     if size > left:
         raise BadInput(422, f"{job.name}: the request's pictures hold more than {max_pixels:,} pixels")
@@ -362,6 +371,11 @@ async def _read_jobs(request: Request, batch: bool) -> list[Job]:
                    f"application/json (one of {ACCEPTED})")
 
 
+def _json(content: Any) -> Response:
+    """A JSON answer serialized by pydantic-core (Rust): json.dumps took a tenth of a small request's time."""
+    return Response(to_json(content), media_type="application/json")
+
+
 def _no_paths(value: Any) -> Any:
     """value with every string that names a file reduced to its file name: the API never shows where
     things lie on this machine (training metadata records the output and data paths)."""
@@ -391,7 +405,8 @@ class BodyDeadline:
             if done:  # the body is in: later receives wait for a disconnect, as long as the answer takes
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+                async with asyncio.timeout_at(deadline):  # (no task per message, as wait_for makes)
+                    message = await receive()
             except TimeoutError:
                 raise BodyTimeout from None
             done = message["type"] != "http.request" or not message.get("more_body", False)
@@ -481,13 +496,13 @@ def _add_model_routes(app: FastAPI, model: DigitModel, max_request_pixels: int) 
 
     async def answer(request: Request, batch: bool, explain: bool = False) -> list[dict[str, Any]]:
         jobs = await _read_jobs(request, batch)
-        return await app.state.slots.run(max(j.pixels for j in jobs) > LARGE_PICTURE,
+        return await app.state.slots.run(max(j.pixels for j in jobs),
                                          lambda: _records(model, jobs, max_request_pixels, batch, explain))
 
     @app.post("/api/predict", response_model=Prediction, openapi_extra=_body_doc("file", False),
               responses=RESPONSES, summary="Recognize one digit: an uploaded image (field 'file') or JSON")
     async def predict(request: Request) -> JSONResponse:
-        return JSONResponse((await answer(request, batch=False))[0])
+        return _json((await answer(request, batch=False))[0])
 
     @app.post("/api/predict/batch", response_model=list[Prediction | Failed], openapi_extra=_body_doc("files", True),
               responses=RESPONSES, summary=f"Recognize up to {MAX_BATCH} digits in one request, answered in order",
@@ -497,12 +512,12 @@ def _add_model_routes(app: FastAPI, model: DigitModel, max_request_pixels: int) 
                           "request that is itself wrong (too many pictures, too large, not the documented "
                           "shape) gets the status below for the whole batch.")
     async def predict_batch(request: Request) -> JSONResponse:
-        return JSONResponse(await answer(request, batch=True))
+        return _json(await answer(request, batch=True))
 
     @app.post("/api/explain", response_model=Explanation, openapi_extra=_body_doc("file", False), responses=RESPONSES,
               summary="Recognize one digit and say where the evidence lies (occlusion: 'attribution', 28x28)")
     async def explain(request: Request) -> JSONResponse:
-        return JSONResponse((await answer(request, batch=False, explain=True))[0])
+        return _json((await answer(request, batch=False, explain=True))[0])
 
     @app.post("/api/read", response_model=Reading, openapi_extra=_body_doc("file", False), responses=RESPONSES,
               summary="Read a whole number (several digits, left to right): an image file (field 'file') or JSON")
@@ -515,7 +530,7 @@ def _add_model_routes(app: FastAPI, model: DigitModel, max_request_pixels: int) 
                 raise found
             return found
 
-        return JSONResponse(await app.state.slots.run(jobs[0].pixels > LARGE_PICTURE, work))
+        return JSONResponse(await app.state.slots.run(jobs[0].pixels, work))
 
 
 def _add_page_routes(app: FastAPI, info: dict[str, Any]) -> None:
@@ -545,6 +560,7 @@ def create_app(model: DigitModel | str | Path, max_upload: int = MAX_UPLOAD,
     any); slots: decodes at once (default: one per core); queue_wait: seconds a request waits for a slot
     before 503; max_request_pixels: decoded pixels per request; body_timeout: seconds for a body."""
     model = model if isinstance(model, DigitModel) else load(model)
+    model.onnx_threads = 1  # one picture per request: a second inference thread only spins (DigitModel)
     app = FastAPIOffline(title="digitlab", version=__version__, max_body_size=max_upload,
                          description="Handwritten-digit recognition. Every picture is prepared MNIST-style "
                                      "(ink bright, cropped, fit to 20x20, centred by mass in 28x28).")
