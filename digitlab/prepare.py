@@ -192,13 +192,19 @@ def ink_map(g: np.ndarray, work_side: int = WORK_SIDE) -> tuple[np.ndarray, floa
 def _ink_is_bright(g: np.ndarray) -> bool:
     """The border is paper (shadowed or lit); ink is what departs from the border's range. Compare how
     far the darkest 0.5% of pixels lie below the border's 5th percentile with how far the brightest
-    0.5% lie above its 95th."""
+    0.5% lie above its 95th; plus, for ink under 0.5% of the picture (specks of dust on blank paper, a
+    fine pen's short stroke), whose tails are only the paper's noise, the largest dark and bright
+    departure from the pixel's own neighbourhood (5x5 black and white top-hats: local, so the light's
+    slope across the picture does not count; the picture is blurred, so one hot pixel is no departure)."""
     k = max(1, min(g.shape) // 20)
     s = max(1, min(g.shape) // 64)  # a sample is enough for percentiles
     border = np.concatenate([g[:k:s, ::s].ravel(), g[-k::s, ::s].ravel(), g[::s, :k:s].ravel(), g[::s, -k::s].ravel()])
     b_lo, b_hi = _quantiles(border, 0.05, 0.95)
     lo, hi = _quantiles(g[:: max(1, g.shape[0] // 96), :: max(1, g.shape[1] // 96)].ravel(), 0.005, 0.995)
-    return hi - b_hi > b_lo - lo
+    square = np.ones((5, 5), np.uint8)
+    dark = float(cv2.morphologyEx(g, cv2.MORPH_BLACKHAT, square).max())
+    bright = float(cv2.morphologyEx(g, cv2.MORPH_TOPHAT, square).max())
+    return (hi - b_hi) + bright > (b_lo - lo) + dark
 
 
 def _quantiles(x: np.ndarray, low: float, high: float) -> tuple[float, float]:
@@ -305,10 +311,15 @@ def find_marks(ink: np.ndarray, mask: np.ndarray) -> list[list[tuple[int, int, i
     largest = max(a for _, a in sizes)
     side = min(mask.shape)
     # A mark is digit-sized when it is at least half as tall as the tallest, has a tenth of its ink,
-    # and is not a speck beside the picture (3% of its short side, and 4 px at the working scale).
+    # and is not a speck beside the picture (3% of its short side, and 4 px at the working scale); nor
+    # is a group of specks only (dust in one column is stacked into one tall group): its longest piece
+    # must span 5% of the short side (a 2 px speck of dust on a 160 px photo is 4-6 px once blurred; a
+    # digit's strokes, even broken, are longer than a third of the digit).
     speck = max(4, 0.03 * side)
+    stroke = max(4, 0.05 * side)
     marks = [g for g, (u, a) in zip(groups, sizes, strict=True)
-             if u[3] - u[1] >= 0.5 * tallest and a >= 0.1 * largest and max(u[2] - u[0], u[3] - u[1]) >= speck]
+             if u[3] - u[1] >= 0.5 * tallest and a >= 0.1 * largest and max(u[2] - u[0], u[3] - u[1]) >= speck
+             and max(max(p[2] - p[0], p[3] - p[1]) for p in g) >= stroke]
     return [[p[:4] for p in g] for g in marks]
 
 
