@@ -192,19 +192,22 @@ def ink_map(g: np.ndarray, work_side: int = WORK_SIDE) -> tuple[np.ndarray, floa
 def _ink_is_bright(g: np.ndarray) -> bool:
     """The border is paper (shadowed or lit); ink is what departs from the border's range. Compare how
     far the darkest 0.5% of pixels lie below the border's 5th percentile with how far the brightest
-    0.5% lie above its 95th; plus, for ink under 0.5% of the picture (specks of dust on blank paper, a
-    fine pen's short stroke), whose tails are only the paper's noise, the largest dark and bright
-    departure from the pixel's own neighbourhood (5x5 black and white top-hats: local, so the light's
-    slope across the picture does not count; the picture is blurred, so one hot pixel is no departure)."""
+    0.5% lie above its 95th. Ink under 0.5% of the picture (specks of dust on blank paper, a fine pen's
+    short stroke) leaves both tails to the paper's noise: within MIN_CONTRAST / 4 of the border's range,
+    and all of the picture but its 0.5% tails within half the grey range (the paper's uneven light; ink
+    that reaches the border spans more). Then compare the largest dark and bright departures from each
+    pixel's own neighbourhood instead (5x5 black and white top-hats: local, so the light's slope across
+    the picture does not count; the picture is blurred, so one hot pixel is no departure). Only then:
+    inside wide ink (a garment, a bold stroke) the top-hats see the narrow gaps, not the ink."""
     k = max(1, min(g.shape) // 20)
     s = max(1, min(g.shape) // 64)  # a sample is enough for percentiles
     border = np.concatenate([g[:k:s, ::s].ravel(), g[-k::s, ::s].ravel(), g[::s, :k:s].ravel(), g[::s, -k::s].ravel()])
     b_lo, b_hi = _quantiles(border, 0.05, 0.95)
     lo, hi = _quantiles(g[:: max(1, g.shape[0] // 96), :: max(1, g.shape[1] // 96)].ravel(), 0.005, 0.995)
+    if max(hi - b_hi, b_lo - lo) >= MIN_CONTRAST / 4 or hi - lo >= 0.5:
+        return hi - b_hi > b_lo - lo
     square = np.ones((5, 5), np.uint8)
-    dark = float(cv2.morphologyEx(g, cv2.MORPH_BLACKHAT, square).max())
-    bright = float(cv2.morphologyEx(g, cv2.MORPH_TOPHAT, square).max())
-    return (hi - b_hi) + bright > (b_lo - lo) + dark
+    return cv2.morphologyEx(g, cv2.MORPH_TOPHAT, square).max() > cv2.morphologyEx(g, cv2.MORPH_BLACKHAT, square).max()
 
 
 def _quantiles(x: np.ndarray, low: float, high: float) -> tuple[float, float]:
