@@ -41,7 +41,7 @@ from digitlab.evaluate import evaluate_torch
 from digitlab.hardware import choose_precision
 from digitlab.model import ARCHITECTURES, build_torch
 from digitlab.modelfile import DigitModel, save
-from digitlab.negatives import OE_WEIGHT, negative_batch, oe_loss
+from digitlab.negatives import OE_WEIGHT, negative_batch, oe_loss, soften
 from digitlab.optim import make_optimizer
 
 DEFAULT_OUT = TrainConfig.out  # the dataclass keeps each field's default as a class attribute
@@ -333,6 +333,7 @@ def _train_step(run: _Run, data: _Data, model, optimizer, perm: torch.Tensor, ep
         xn = negative_batch(_seed_for(cfg.seed, epoch, step, 1 + run.rank), n_neg, cfg.data_dir,
                             pool_size=negative_pool_size(cfg, steps_per_epoch))
         xb = torch.cat([xb, torch.from_numpy(xn).to(xb.device).unsqueeze(1).float().div_(255.0)])
+        xb = soften(xb, torch.Generator().manual_seed(_seed_for(cfg.seed, epoch, step, 1000 + run.rank)))
     xb = xb.contiguous(memory_format=torch.channels_last)
     if cfg.augment:
         xb = augment_batch(xb, torch.Generator().manual_seed(_seed_for(cfg.seed, epoch, step)), cfg.elastic)

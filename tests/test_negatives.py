@@ -152,3 +152,19 @@ def test_oe_loss_gradient_flattens_the_softmax():
     z = torch.tensor([[4.0, 0.0, 0.0]], requires_grad=True)
     ng.oe_loss(z).backward()
     assert z.grad[0, 0] > 0 and (z.grad[0, 1:] < 0).all()  # descent lowers the top logit, raises the rest
+
+
+def test_soften_blurs_a_share_of_the_batch_and_keeps_each_peak():
+    """soften() makes strokes from crisp to soft in about half of a batch, the other half untouched, each
+    image's peak kept; seeded, so a resumed run softens the very same images."""
+    torch = pytest.importorskip("torch")
+
+    x = torch.zeros(400, 1, 28, 28)
+    x[:, :, 6:22, 13:15] = 1.0  # a crisp 2-px bar: saturated core, no fringe
+    y = ng.soften(x, torch.Generator().manual_seed(0))
+    assert torch.equal(y, ng.soften(x, torch.Generator().manual_seed(0)))
+    changed = (y - x).abs().amax(dim=(1, 2, 3)) > 1e-6
+    assert 0.4 < changed.float().mean() < 0.6
+    assert torch.allclose(y.amax(dim=(1, 2, 3)), torch.ones(400))
+    saturated = ((y >= 0.9) & (y > 0.1)).sum(dim=(1, 2, 3)).float() / (y > 0.1).sum(dim=(1, 2, 3))
+    assert saturated[~changed].min() == 1 and saturated[changed].min() < 0.5  # some become as grey as photos
