@@ -113,7 +113,8 @@ def test_negatives_are_deterministic_and_resume_bit_identically(tmp_path, mnist_
     assert not np.array_equal(full.weights["dense.weight"], uninterrupted.weights["dense.weight"])
     assert full.metadata["training"]["negatives"] == 0.5
     cal = full.metadata["calibration"]
-    assert cal["method"] == "msp" and cal["source"] == "the last 640 training digits (trained on; no validation split)"
+    assert cal["method"] == "msp"
+    assert cal["source"].startswith("the last 640 training digits (trained on; no validation split)")
     assert full.metadata["test_metrics"]["accuracy"] > 0.3  # it still learns digits (chance: 0.1)
 
 
