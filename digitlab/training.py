@@ -41,7 +41,7 @@ from digitlab.evaluate import evaluate_torch
 from digitlab.hardware import choose_precision
 from digitlab.model import ARCHITECTURES, build_torch
 from digitlab.modelfile import DigitModel, save
-from digitlab.negatives import OE_WEIGHT, negative_batch, oe_loss, soften
+from digitlab.negatives import OE_WEIGHT, negative_batch, oe_loss
 from digitlab.optim import make_optimizer
 
 DEFAULT_OUT = TrainConfig.out  # the dataclass keeps each field's default as a class attribute
@@ -51,13 +51,13 @@ TEST_CHUNK = 1000  # test images evaluated between two looks at the stop flag
 NEGATIVE_POOL = 20000
 # Calibration at the end of training (digitlab.trust): the threshold whose false-reject rate on unseen
 # digits is at most 1% with 99% confidence (an exact binomial bound on the validation digits: 0.70% of
-# 6,000). The plain quantile lets the rate on other digits scatter around its target: 0.8% of the
-# validation split gave 1.1% on MNIST's test digits (fast recipe with negatives), and on 3,000 validation
-# digits calibrated on the other 3,000 it exceeded 1% in 21% of random splits (the 99% bound: 2%). The score:
-# energy without negatives (its false accepts were 1.5-10x lower than max-softmax's at the same false
-# rejects); max-softmax with them (outlier exposure trains the softmax itself: equal or better on every
-# kind but letters and symbols (+-0.2 points), and half energy's false rejects on photos) -
-# benchmarks/results/reject-*.json.
+# 6,000). The plain quantile lets the rate on other digits scatter around its target: on 3,000
+# validation digits calibrated on the other 3,000, 0.8% exceeded 1% in 21% of random splits, the 99%
+# bound in 2% (fast recipe with negatives); 0.8% of the validation split gave 1.13% on MNIST's test
+# digits, the bound 0.96% (benchmarks/reject.py). The score: energy without negatives (its false
+# accepts were 1.5-10x lower than max-softmax's at the same false rejects); max-softmax with them
+# (outlier exposure trains the softmax itself: equal or better on every kind but letters and symbols
+# (+-0.2 points), and half energy's false rejects on photos) - benchmarks/results/reject-*.json.
 CALIBRATION_TARGET_FRR = 0.01
 CALIBRATION_CONFIDENCE = 0.99
 CALIBRATION_IMAGES = 5000  # training digits calibrated on when there is no validation split
@@ -333,7 +333,6 @@ def _train_step(run: _Run, data: _Data, model, optimizer, perm: torch.Tensor, ep
         xn = negative_batch(_seed_for(cfg.seed, epoch, step, 1 + run.rank), n_neg, cfg.data_dir,
                             pool_size=negative_pool_size(cfg, steps_per_epoch))
         xb = torch.cat([xb, torch.from_numpy(xn).to(xb.device).unsqueeze(1).float().div_(255.0)])
-        xb = soften(xb, torch.Generator().manual_seed(_seed_for(cfg.seed, epoch, step, 1000 + run.rank)))
     xb = xb.contiguous(memory_format=torch.channels_last)
     if cfg.augment:
         xb = augment_batch(xb, torch.Generator().manual_seed(_seed_for(cfg.seed, epoch, step)), cfg.elastic)
@@ -439,11 +438,11 @@ def _finish(run: _Run, data: _Data, net, state: _State, stop: _StopFlag) -> Digi
 
 
 def calibration(cfg: TrainConfig, net, data: _Data, device: torch.device) -> dict[str, Any]:
-    """The abstention threshold for the trained net (digitlab.trust): the score's threshold for at most
-    CALIBRATION_TARGET_FRR false rejects with CALIBRATION_CONFIDENCE (trust.calibrate) on digits it did not
-    train on (the validation split), or, without one, on the last
-    CALIBRATION_IMAGES training digits (which it did train on: it then rejects more unseen digits; the
-    record's source says which). A trust.calibration_record for the model file's "calibration"."""
+    """The abstention threshold for the trained net (digitlab.trust): at most CALIBRATION_TARGET_FRR false
+    rejects with CALIBRATION_CONFIDENCE (trust.calibrate) on digits it did not train on (the validation
+    split), or, without one, on the last CALIBRATION_IMAGES training digits (which it did train on: it then
+    rejects more unseen digits; the record's source says which). A trust.calibration_record for the model
+    file's "calibration"."""
     if len(data.x_val):
         x = data.x_val
         source = f"{len(x)} validation digits held out from training (val_split {cfg.val_split:g})"
