@@ -80,7 +80,7 @@ def prepare(picture: Any) -> Prepared:
     pieces = find_marks(ink, ink > 0)
     if not pieces and scale > FINE_SIDE / WORK_SIDE:  # a small digit on a big page can fade out when shrunk
         ink, scale = ink_map(g, FINE_SIDE)
-        pieces = find_marks(ink, ink > 0)
+        pieces = find_marks(ink, ink > 0, stroke=0.05 * WORK_SIDE / FINE_SIDE)
     if not pieces:
         return _record(np.zeros((28, 28), np.uint8), [], scale, ink)
     crop = _kept_ink(ink, pieces)
@@ -209,13 +209,22 @@ def ink_map(g: np.ndarray, work_side: int = WORK_SIDE) -> tuple[np.ndarray, floa
 def _ink_is_bright(g: np.ndarray) -> bool:
     """The border is paper (shadowed or lit); ink is what departs from the border's range. Compare how
     far the darkest 0.5% of pixels lie below the border's 5th percentile with how far the brightest
-    0.5% lie above its 95th."""
+    0.5% lie above its 95th. Ink under 0.5% of the picture (specks of dust on blank paper, a fine pen's
+    short stroke) leaves both tails to the paper's noise: within MIN_CONTRAST / 4 of the border's range,
+    and all of the picture but its 0.5% tails within half the grey range (the paper's uneven light; ink
+    that reaches the border spans more). Then compare the largest dark and bright departures from each
+    pixel's own neighbourhood instead (5x5 black and white top-hats: local, so the light's slope across
+    the picture does not count; the picture is blurred, so one hot pixel is no departure). Only then:
+    inside wide ink (a garment, a bold stroke) the top-hats see the narrow gaps, not the ink."""
     k = max(1, min(g.shape) // 20)
     s = max(1, min(g.shape) // 64)  # a sample is enough for percentiles
     border = np.concatenate([g[:k:s, ::s].ravel(), g[-k::s, ::s].ravel(), g[::s, :k:s].ravel(), g[::s, -k::s].ravel()])
     b_lo, b_hi = _quantiles(border, 0.05, 0.95)
     lo, hi = _quantiles(g[:: max(1, g.shape[0] // 96), :: max(1, g.shape[1] // 96)].ravel(), 0.005, 0.995)
-    return hi - b_hi > b_lo - lo
+    if max(hi - b_hi, b_lo - lo) >= MIN_CONTRAST / 4 or hi - lo >= 0.5:
+        return hi - b_hi > b_lo - lo
+    square = np.ones((5, 5), np.uint8)
+    return cv2.morphologyEx(g, cv2.MORPH_TOPHAT, square).max() > cv2.morphologyEx(g, cv2.MORPH_BLACKHAT, square).max()
 
 
 def _quantiles(x: np.ndarray, low: float, high: float) -> tuple[float, float]:
@@ -265,9 +274,11 @@ def _drop_lines(contrast: np.ndarray, t: float) -> np.ndarray:
     if not lines.any():
         return contrast
     # Ink that crosses a line darkens it further (light is absorbed by both): a pixel of the line's band
-    # whose contrast exceeds the line's own by half the ink's contrast is ink, and stays (a 7's bar lying
-    # on a ruled line). Contrasts add as 1 - (1 - line)(1 - ink).
-    line_level = float(np.median(contrast[lines > 0]))
+    # whose contrast exceeds the line's core by half the ink's contrast is ink, and stays (a 7's bar lying
+    # on a ruled line). Contrasts add as 1 - (1 - line)(1 - ink). The core: the line mask's 90th
+    # percentile (its median is pulled down by the soft edges a resize leaves, and a black printed box
+    # was then taken for ink).
+    line_level = float(np.percentile(contrast[lines > 0], 90))
     off_lines = contrast[(lines == 0) & (contrast > t)]
     ink_level = float(np.percentile(off_lines, 90)) if off_lines.size else line_level
     over_ink = contrast > line_level + 0.5 * ink_level * (1.0 - line_level)
@@ -313,10 +324,12 @@ def _line_family(m: np.ndarray) -> np.ndarray | None:
     return cv2.warpAffine(sheared_lines, unshear, (w, h), flags=cv2.INTER_NEAREST) & m
 
 
-def find_marks(ink: np.ndarray, mask: np.ndarray) -> list[list[tuple[int, int, int, int]]]:
+def find_marks(ink: np.ndarray, mask: np.ndarray, stroke: float = 0.05) -> list[list[tuple[int, int, int, int]]]:
     """The digit-sized marks in an ink map, left to right; each mark is a list of piece boxes
     (x0, y0, x1, y1) in ink-map pixels. Pieces overlapping horizontally by a third of the narrower one
-    are one mark (a 5's bar, a broken 4 or 8); pieces and marks much smaller than the largest are specks."""
+    are one mark (a 5's bar, a broken 4 or 8); pieces and marks much smaller than the largest are specks.
+    stroke: the fraction of the map's short side a mark's longest piece must span (a finer map of the same
+    picture passes a smaller one, so that the bound stays the same size on the picture)."""
     mask = mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8)
     n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if n <= 1:
@@ -341,10 +354,15 @@ def find_marks(ink: np.ndarray, mask: np.ndarray) -> list[list[tuple[int, int, i
     largest = max(a for _, a in sizes)
     side = min(mask.shape)
     # A mark is digit-sized when it is at least half as tall as the tallest, has a tenth of its ink,
-    # and is not a speck beside the picture (3% of its short side, and 4 px at the working scale).
+    # and is not a speck beside the picture (3% of its short side, and 4 px at the working scale); nor
+    # is a group of specks only (dust in one column is stacked into one tall group): its longest piece
+    # must span 5% of the short side (a 2 px speck of dust on a 160 px photo is 4-6 px once blurred; a
+    # digit's strokes, even broken, are longer than a third of the digit).
     speck = max(4, 0.03 * side)
+    stroke = max(4, stroke * side)
     marks = [g for g, (u, a) in zip(groups, sizes, strict=True)
-             if u[3] - u[1] >= 0.5 * tallest and a >= 0.1 * largest and max(u[2] - u[0], u[3] - u[1]) >= speck]
+             if u[3] - u[1] >= 0.5 * tallest and a >= 0.1 * largest and max(u[2] - u[0], u[3] - u[1]) >= speck
+             and max(max(p[2] - p[0], p[3] - p[1]) for p in g) >= stroke]
     return [[p[:4] for p in g] for g in marks]
 
 

@@ -72,18 +72,38 @@ def digit_score(outputs: np.ndarray, method: str, *, logits: bool) -> np.ndarray
     raise ValueError(f"unknown abstention method {method!r}; expected one of {', '.join(METHODS)}")
 
 
-def calibrate(scores: np.ndarray, target_frr: float = 0.01) -> float:
+def calibrate(scores: np.ndarray, target_frr: float = 0.01, confidence: float | None = None) -> float:
     """The threshold that rejects at most ``target_frr`` of these digits: accept a score >= threshold.
 
     scores: (N,) digit scores of validation digits (not trained on); target_frr in (0, 1).
-    It is the k-th smallest score, k = floor(target_frr * N), so at most k of the N fall below it.
-    Raises ValueError for an empty or non-finite score list or a target outside (0, 1)."""
+    Without ``confidence``: the k-th smallest score, k = floor(target_frr * N), so at most k of the N fall
+    below it - on these digits; on others from the same source the rate scatters around target_frr (half
+    the time above it). With ``confidence`` in (0, 1), e.g. 0.99: the k-th smallest score for the largest k
+    that a false-reject rate of target_frr would reach or undercut with probability at most 1 - confidence
+    (the exact binomial upper confidence bound: unseen digits from the same source are falsely rejected at
+    most target_frr of the time, with that confidence; Bates et al., "Distribution-Free, Risk-Controlling
+    Prediction Sets", J. ACM 2021). Too few digits to bound the rate at all give k = 0 (the lowest score).
+    Raises ValueError for an empty or non-finite score list, or a target or confidence outside (0, 1)."""
     s = np.sort(np.asarray(scores, dtype=np.float64).ravel())
     if not 0 < target_frr < 1:
         raise ValueError(f"target_frr: must be in (0, 1), got {target_frr}")
+    if confidence is not None and not 0 < confidence < 1:
+        raise ValueError(f"confidence: must be in (0, 1), got {confidence}")
     if s.size == 0 or not np.isfinite(s).all():
         raise ValueError("calibrate: needs a non-empty list of finite scores")
-    return float(s[int(math.floor(target_frr * s.size))])
+    k = int(math.floor(target_frr * s.size))
+    if confidence is not None:
+        k = max(0, int(np.searchsorted(binomial_cdf(k, s.size, target_frr), 1 - confidence, side="right")) - 1)
+    return float(s[k])
+
+
+def binomial_cdf(k: int, n: int, p: float) -> np.ndarray:
+    """P(X <= i) for i = 0..k, X ~ Binomial(n, p): (k + 1,) float64, from log-probabilities (lgamma), so
+    that n in the millions neither overflows nor underflows to all zeros."""
+    i = np.arange(k + 1)
+    lg = np.vectorize(math.lgamma)
+    log_pmf = lg(n + 1) - lg(i + 1) - lg(n - i + 1) + i * math.log(p) + (n - i) * math.log1p(-p)
+    return np.cumsum(np.exp(log_pmf))
 
 
 def calibration_record(method: str, threshold: float, target_frr: float, source: str) -> dict[str, Any]:

@@ -67,6 +67,26 @@ def test_garbage_and_missing(tmp_path):
         digitlab.load(tmp_path / "nope.safetensors")
 
 
+def test_a_header_length_ending_in_0x80_is_no_pickle(tmp_path, model_path):
+    """safetensors files start with their header's length; one of 0x..80 bytes (a trained model's header
+    was 0xa80) was taken for a pickle's PROTO opcode and the file refused. A real pickle still is."""
+    import pickle
+    import struct
+
+    m = digitlab.load(model_path)
+    for pad in range(0, 300):
+        out = modelfile.save(tmp_path / "p.safetensors", m.weights, {**m.metadata, "note": "x" * pad})
+        if struct.unpack("<Q", out.read_bytes()[:8])[0] & 0xFF == 0x80:
+            break
+    else:
+        pytest.fail("no padding gave a header length ending in 0x80")
+    assert digitlab.load(out).weights.keys() == m.weights.keys()
+    pk = tmp_path / "q.safetensors"
+    pk.write_bytes(pickle.dumps({"conv.weight": [0.0] * 10}, protocol=2))
+    with pytest.raises(ModelFileError, match="pickle"):
+        digitlab.load(pk)
+
+
 def test_other_tools_files_are_named_not_unpickled(tmp_path):
     """A PyTorch checkpoint is refused without being unpickled; ONNX and SavedModel folders get a hint."""
     import torch

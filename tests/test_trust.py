@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import time
@@ -45,6 +46,30 @@ def test_calibrate_meets_its_target_false_reject_rate(target):
     frr = (scores < t).mean()
     assert frr <= target
     assert frr >= target - 1 / len(scores)  # and rejects no fewer than it may
+
+
+def test_calibrate_with_confidence_bounds_the_rate_on_unseen_digits():
+    """Calibrated on N digits, the k-th smallest score lets the rate on unseen digits from the same source
+    scatter around the target, above it about half the time; with confidence 0.95 at most 5% of
+    calibrations may exceed it. Scores are standard normal, so the true rate of a threshold is known."""
+    rng = np.random.default_rng(1)
+    true_rate = np.vectorize(lambda t: 0.5 * (1 + math.erf(t / math.sqrt(2))))
+    plain = [trust.calibrate(rng.normal(size=3000), 0.02) for _ in range(400)]
+    bounded = [trust.calibrate(rng.normal(size=3000), 0.02, confidence=0.95) for _ in range(400)]
+    assert (true_rate(plain) > 0.02).mean() > 0.3
+    assert (true_rate(bounded) > 0.02).mean() <= 0.08  # 5% expected; 400 trials scatter by ~1 point
+    assert np.mean(true_rate(bounded)) > 0.014  # and not much stricter than it needs to be
+
+
+def test_calibrate_with_confidence_is_the_exact_binomial_bound():
+    n, p = 500, 0.05
+    cdf = [sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k + 1)) for k in range(30)]
+    assert trust.binomial_cdf(29, n, p) == pytest.approx(cdf, rel=1e-9)
+    k = max(i for i, c in enumerate(cdf) if c <= 0.01)
+    assert trust.calibrate(np.arange(n, dtype=float), p, confidence=0.99) == k
+    assert trust.calibrate(np.arange(50, dtype=float), p, confidence=0.99) == 0  # too few to bound: none rejected
+    with pytest.raises(ValueError, match="confidence"):
+        trust.calibrate(np.ones(10), 0.01, confidence=1.0)
 
 
 def test_calibrate_refuses_bad_input():
