@@ -134,7 +134,9 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> DigitModel:
     # Settings: a recipe with overrides, or on resume the interrupted run's own.
     config, resumed = _settings(config, overrides)
     # The output: refused before any time is spent if it exists or cannot be written.
-    check_output(config, resuming_into=resumed is not None and _same_file(config.out, resumed.config.out))
+    # A resumed run may replace its own output only: the file its checkpoint sits beside. The checkpoint's
+    # recorded `out` alone proves nothing (a checkpoint moved, shared or edited may name any file).
+    check_output(config, resuming_into=resumed is not None and _same_file(checkpoint_path(config.out), config.resume))
     # Processes, device and precision.
     run = _start(config)
     # Data: uint8 tensors, shared, never copied per epoch; batches are converted as they are cut.
