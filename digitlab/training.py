@@ -179,13 +179,16 @@ def _same_file(a: str | Path, b: str | Path) -> bool:
 
 def check_output(config: TrainConfig, resuming_into: bool = False) -> None:
     """Refuse, before any training, an output that would replace a file silently or could not be written:
-    `out` an existing folder; an existing file without `overwrite` (a resumed run may replace its own,
-    `resuming_into`); an interrupted run's checkpoint that a fresh run would overwrite; a folder that
+    `out` an existing folder, a link or a device; an existing file without `overwrite` (a resumed run may
+    replace its own, `resuming_into`); an interrupted run's checkpoint that a fresh run would overwrite; a folder that
     cannot be created or written. Raises DigitlabError naming the path."""
     out = Path(config.out)
     if out.is_dir():
         raise DigitlabError(f"out: {out} is a folder; name the model file to write, e.g. "
                             f"--out {out / 'model.safetensors'}")
+    if out.is_symlink() or (out.exists() and not out.is_file()):  # the save (atomic_write_bytes) refuses these
+        raise DigitlabError(f"out: {out} is {'a symbolic link' if out.is_symlink() else 'not a regular file'}; "
+                            "name a plain file to write")
     if out.exists() and not (config.overwrite or resuming_into):
         raise DigitlabError(f"out: {out} exists; pass --overwrite to replace it, or choose another --out")
     ckpt = checkpoint_path(out)

@@ -260,6 +260,21 @@ def test_output_a_folder_is_refused_before_training(tmp_path):
         train(out=str(tmp_path), data_dir=str(tmp_path / "nowhere"))
 
 
+@pytest.mark.parametrize("target", ["model.safetensors", "nowhere/x.safetensors", "/dev/null"])
+def test_output_a_link_or_device_is_refused_before_training(tmp_path, target):
+    """The save refuses to write through a link or onto a device: so does the check before training
+    (it used to pass, and the run failed only after its last epoch)."""
+    out = tmp_path / "m.safetensors"
+    if target.startswith("/"):
+        out = Path(target)
+    else:
+        (tmp_path / "model.safetensors").write_bytes(b"a model")
+        out.symlink_to(target)
+    with pytest.raises(DigitlabError, match=r"out: .* is (a symbolic link|not a regular file); name a plain file"):
+        train(out=str(out), overwrite=True, data_dir=str(tmp_path / "nowhere"))
+    assert target.startswith("/") or (tmp_path / "model.safetensors").read_bytes() == b"a model"
+
+
 @pytest.fixture
 def unwritable_folder(tmp_path) -> Path:
     """A folder no file can be created in: read-only by mode, or for root (whom modes do not stop) /sys."""
