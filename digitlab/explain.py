@@ -24,6 +24,9 @@ import numpy as np
 METHODS = ("occlusion", "integrated-gradients")
 WINDOW, STRIDE = 4, 2  # occlusion: 13 x 13 = 169 windows; 3 x 1 (676) gave the same maps, 4x the cost
 IG_STEPS = 50  # Captum's default; the completeness gap is ~1e-4 of the logit here (stack-recipes.md §5)
+# Captum's passes keep each input's activations for the backward pass, under 3x model.forward_bytes an image
+# (1.7x measured, a wide 1x1 net): a pass holds at most this much (a file may declare 26 MB an image).
+IG_BUDGET = 128 << 20
 
 # How many windows cover each pixel (1 at the corners, 4 inside): the map is the mean over them.
 _COVER = np.zeros((28, 28), np.float32)
@@ -117,9 +120,17 @@ def integrated_gradients(model: Any, x: np.ndarray, target: Any, versus: Any = N
 
     attr = IntegratedGradients(forward).attribute(inputs, baselines=torch.zeros_like(inputs),
                                                   additional_forward_args=(t, v), n_steps=IG_STEPS,
-                                                  internal_batch_size=max(IG_STEPS, min(n * IG_STEPS, 2048)))
+                                                  internal_batch_size=_ig_batch(model, n))
     out = attr.detach().numpy().astype(np.float32)
     return out.reshape(28, 28) if np.ndim(x) == 2 else out.reshape(n, 28, 28)
+
+
+def _ig_batch(model: Any, n: int) -> int:
+    """Inputs per Captum pass for n images: all their steps, up to 2048 and IG_BUDGET of activations, but at
+    least two per image (Captum's minimum: it takes differences between consecutive steps)."""
+    from digitlab.model import forward_bytes
+
+    return max(2 * n, min(n * IG_STEPS, 2048, IG_BUDGET // (3 * forward_bytes(model.arch))))
 
 
 def attribution_overlay(image: np.ndarray, attribution: np.ndarray, scale: int = 10) -> np.ndarray:

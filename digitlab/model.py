@@ -242,6 +242,27 @@ def numpy_forward(cfg: ArchConfig, weights: dict[str, np.ndarray], x: np.ndarray
     return h
 
 
+def forward_bytes(cfg: ArchConfig) -> int:
+    """Bytes per image that numpy_forward holds at its peak: the largest layer's input plus output, and for a
+    convolution its im2col matrix too (side^2 x in x k^2 float32). The architecture alone fixes it, so a
+    caller can size its batches before running anything: a file may declare a net within MAX_PARAMS whose
+    activations are 13 MB an image (4096 1x1 channels over 28x28), 13 GB for a batch of 1024."""
+    peak, side, values = 0, 28, 28 * 28
+    for _, kind, _, s in resolved_layers(cfg):
+        if kind == "Conv2D":
+            out = s["side"] ** 2 * s["out"]
+            peak = max(peak, 4 * (values + s["side"] ** 2 * s["in"] * s["kernel"] ** 2 + out))
+            side, values = s["side"], out
+        elif kind == "MaxPooling2D":
+            channels = values // (side * side)
+            side, values = s["side"], s["side"] ** 2 * channels
+        elif kind == "Dense":
+            peak = max(peak, 4 * (values + s["out"]))
+            values = s["out"]
+        peak = max(peak, 8 * values)  # an elementwise layer's input and output
+    return peak
+
+
 # --- The layer kinds: one entry per kind, every consumer above (and the ONNX graph) goes through it ---
 
 Params = dict[str, tuple[tuple[int, ...], bool]]  # tensor suffix ("weight") -> (shape, trainable)

@@ -23,14 +23,19 @@ from typing import Any
 import numpy as np
 
 from digitlab import __version__
+from digitlab.data import DATASETS
 from digitlab.errors import ModelFileError
-from digitlab.model import ArchConfig, _brief, count_params, numpy_forward, param_shapes, softmax
+from digitlab.model import ArchConfig, _brief, count_params, forward_bytes, numpy_forward, param_shapes, softmax
 from digitlab.trust import check_calibration
 
 FORMAT = "digitlab-model"
 FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 1 << 20  # a model's header is ~3 KB; safetensors itself allows 100 MB
 MAX_META_DEPTH = 16  # nesting of the metadata JSON (the deepest real field, training settings, is 2)
+# Activations of one forward batch (model.forward_bytes per image): batches are cut to fit, so a file cannot
+# make predict allocate gigabytes (a 13 MB model whose activations are 13 MB an image). 64 MiB is ~340
+# images of the tutorial's net, one of the largest a file may declare.
+FORWARD_BUDGET = 64 << 20
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".bin")
 KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
 PREPROCESSING = {"scale": "pixels / 255", "layout": "N x 1 x 28 x 28, ink bright (MNIST)",
@@ -67,10 +72,12 @@ class DigitModel:
         (arrays or tensors (N, 28, 28) uint8 0..255 / float 0..1, PIL images, file paths, lists of them),
         each prepared by prepare(); MNIST-like inputs pass unchanged. Raises ImageError for bad input.
         With logits=True: (probabilities, logits), both float32 (N, classes), from the same forward pass
-        (the logits are the softmax's input; the energy score needs them, digitlab.trust)."""
+        (the logits are the softmax's input; the energy score needs them, digitlab.trust). batch_size is
+        an upper bound: batches are cut further to keep their activations within FORWARD_BUDGET."""
         from digitlab.prepare import model_inputs
 
         x = model_inputs(images).astype(np.float32) / 255.0
+        batch_size = max(1, min(batch_size, FORWARD_BUDGET // forward_bytes(self.arch)))
         probs = np.empty((len(x), self.arch.classes), dtype=np.float32)
         raw = np.empty_like(probs)
         session = self._onnx_session()
@@ -400,6 +407,9 @@ def validate_metadata(path: Path, meta: dict[str, Any]) -> ArchConfig:
         arch = ArchConfig.from_dict(meta["arch_config"])
     except ModelFileError as e:
         raise _fail(path, f"bad architecture config: {e}") from None
+    if "dataset" in meta and meta["dataset"] not in DATASETS:  # else it fails later, at --index or evaluate
+        raise _fail(path, f"metadata field dataset: expected one of {', '.join(DATASETS)}, "
+                          f"got {_brief(meta['dataset'], 40)}")
     classes = meta.get("classes")
     if classes is not None and (len(classes) != arch.classes
                                 or not all(isinstance(c, str) and 0 < len(c) <= 100 for c in classes)):

@@ -138,7 +138,9 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> DigitModel:
     # Settings: a recipe with overrides, or on resume the interrupted run's own.
     config, resumed = _settings(config, overrides)
     # The output: refused before any time is spent if it exists or cannot be written.
-    check_output(config, resuming_into=resumed is not None and _same_file(config.out, resumed.config.out))
+    # A resumed run may replace its own output only: the file its checkpoint sits beside. The checkpoint's
+    # recorded `out` alone proves nothing (a checkpoint moved, shared or edited may name any file).
+    check_output(config, resuming_into=resumed is not None and _same_file(checkpoint_path(config.out), config.resume))
     # Processes, device and precision.
     run = _start(config)
     # Data: uint8 tensors, shared, never copied per epoch; batches are converted as they are cut.
@@ -181,13 +183,16 @@ def _same_file(a: str | Path, b: str | Path) -> bool:
 
 def check_output(config: TrainConfig, resuming_into: bool = False) -> None:
     """Refuse, before any training, an output that would replace a file silently or could not be written:
-    `out` an existing folder; an existing file without `overwrite` (a resumed run may replace its own,
-    `resuming_into`); an interrupted run's checkpoint that a fresh run would overwrite; a folder that
+    `out` an existing folder, a link or a device; an existing file without `overwrite` (a resumed run may
+    replace its own, `resuming_into`); an interrupted run's checkpoint that a fresh run would overwrite; a folder that
     cannot be created or written. Raises DigitlabError naming the path."""
     out = Path(config.out)
     if out.is_dir():
         raise DigitlabError(f"out: {out} is a folder; name the model file to write, e.g. "
                             f"--out {out / 'model.safetensors'}")
+    if out.is_symlink() or (out.exists() and not out.is_file()):  # the save (atomic_write_bytes) refuses these
+        raise DigitlabError(f"out: {out} is {'a symbolic link' if out.is_symlink() else 'not a regular file'}; "
+                            "name a plain file to write")
     if out.exists() and not (config.overwrite or resuming_into):
         raise DigitlabError(f"out: {out} exists; pass --overwrite to replace it, or choose another --out")
     ckpt = checkpoint_path(out)

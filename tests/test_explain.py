@@ -174,3 +174,26 @@ def test_cli_explain_never_replaces_what_the_user_has(tmp_path, tiny_model_path)
     assert linked.returncode == 2 and "is a link" in linked.stderr and "Traceback" not in linked.stderr
     assert (tmp_path / "real.png").read_text() == "keep" and (tmp_path / "link.png").is_symlink()
     assert run_cli("explain", tiny_model_path, picture, "--out", out, "--overwrite").returncode == 0
+
+
+def test_integrated_gradients_passes_fit_the_budget(monkeypatch):
+    """Captum's passes are cut to IG_BUDGET of activations (a model file may declare a net whose activations
+    are megabytes an image: 50 steps at once were 2 GB and more), and the map is the same as in one pass."""
+    import torch
+
+    from digitlab.model import ArchConfig, build_torch, forward_bytes
+
+    arch = ArchConfig(convs=[512], stem_kernel=1, pool_after=[], dense=4)  # 3.2 MB of activations an image
+    torch.manual_seed(0)
+    model = DigitModel(arch, {k: v.detach().numpy() for k, v in build_torch(arch).state_dict().items()}, {})
+    sizes: list[int] = []
+    net = model.to_torch()
+    net.register_forward_hook(lambda module, inputs, output: sizes.append(inputs[0].shape[0]))
+    ex._torch_twins[model] = net
+    x = np.random.default_rng(0).random((28, 28), np.float32)
+    attribution = ex.integrated_gradients(model, x, 3)
+    assert sum(sizes) == ex.IG_STEPS and max(sizes) * 3 * forward_bytes(arch) <= ex.IG_BUDGET, sizes
+    sizes.clear()
+    monkeypatch.setattr(ex, "IG_BUDGET", 1 << 40)
+    np.testing.assert_allclose(ex.integrated_gradients(model, x, 3), attribution, rtol=1e-4, atol=1e-6)
+    assert sizes == [ex.IG_STEPS]

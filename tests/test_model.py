@@ -12,8 +12,10 @@ from digitlab.model import (
     LayerKind,
     build_torch,
     count_params,
+    forward_bytes,
     layer_specs,
     numpy_forward,
+    param_shapes,
     summary,
 )
 
@@ -157,3 +159,24 @@ def test_arch_too_big_or_not_an_object():
         ArchConfig.from_dict({"convs": [8] * 16, "pool_after": []})
     for name, cfg in ARCHITECTURES.items():
         assert ArchConfig.from_dict(cfg.to_dict()) == cfg, name
+
+
+WIDE_NETS = {"wide-1x1": ArchConfig(convs=[1024], stem_kernel=1, pool_after=[], dense=1),
+             "wide-im2col": ArchConfig(convs=[256, 64], stem_kernel=1, pool_after=[1], dense=1)}
+
+
+@pytest.mark.parametrize("cfg", [*ARCHITECTURES.values(), *WIDE_NETS.values()], ids=[*ARCHITECTURES, *WIDE_NETS])
+def test_forward_bytes_is_what_numpy_forward_holds(cfg):
+    """forward_bytes, from the architecture alone, within 0.8-1.6x of numpy_forward's measured peak per image
+    (NumPy's allocations are traced by tracemalloc): what predict sizes its batches by."""
+    import tracemalloc
+
+    weights = {k: np.zeros(s, np.float32) for k, (s, _) in param_shapes(cfg).items()}
+    x = np.zeros((4, 28, 28), np.float32)
+    tracemalloc.start()
+    try:
+        numpy_forward(cfg, weights, x)
+        peak = tracemalloc.get_traced_memory()[1] / len(x)
+    finally:
+        tracemalloc.stop()
+    assert 0.8 <= peak / forward_bytes(cfg) <= 1.6, (peak, forward_bytes(cfg))

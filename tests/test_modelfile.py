@@ -308,6 +308,7 @@ def test_metadata_nested_past_the_json_parser(model_path):
     ({"classes": ["0", "1", "2"]}, "metadata field classes: expected 10 names"),
     ({"classes": "0123456789"}, "metadata field classes: expected a list of strings"),
     ({"dataset": ["mnist"]}, "metadata field dataset: expected a string"),
+    ({"dataset": "x" * 10_000}, "metadata field dataset: expected one of mnist, fashion-mnist, got 'xxx"),
     ({"format_version": "1"}, "metadata field format_version: expected an integer"),
     ({"format_version": True}, "metadata field format_version: expected an integer"),
     ({"format": None}, "metadata format is None"),
@@ -335,6 +336,48 @@ def test_metadata_fields_validated(model_path, change, message):
 def test_calibration_stored_and_read(model_path):
     _rewrite(model_path, lambda a, m: (a, {**m, "calibration": CALIBRATION}), rehash=False)
     assert digitlab.load(model_path).metadata["calibration"] == CALIBRATION
+
+
+# Within MAX_PARAMS (3.2M), yet 26 MB of activations an image: 4096 1x1 channels kept at 28x28.
+WIDE = ArchConfig(convs=[4096], stem_kernel=1, pool_after=[], dense=1)
+
+
+class _CountingSession:
+    """Stands in for the onnxruntime session: records each batch's size, answers zeros."""
+
+    def __init__(self, sizes: list[int]):
+        self.sizes = sizes
+
+    def run(self, names, feed):
+        n = feed["image"].shape[0]
+        self.sizes.append(n)
+        return np.zeros((n, 10), np.float32), np.zeros((n, 10), np.float32)
+
+
+def _batch_sizes(arch: ArchConfig, backend: str, n: int, monkeypatch) -> list[int]:
+    """The batch sizes predict runs n images of a (zero-weight) net of arch in."""
+    from digitlab.model import numpy_forward, param_shapes
+
+    weights = {k: np.zeros(shape, np.float32) for k, (shape, _) in param_shapes(arch).items()}
+    model = modelfile.DigitModel(arch, weights, {}, backend=backend)
+    sizes: list[int] = []
+    if backend == "numpy":
+        monkeypatch.setattr(modelfile, "numpy_forward", lambda a, w, x: sizes.append(len(x)) or numpy_forward(a, w, x))
+    else:
+        model._session = _CountingSession(sizes)
+    assert model.predict(np.zeros((n, 28, 28), np.uint8)).shape == (n, 10)
+    return sizes
+
+
+@pytest.mark.parametrize("backend", ["numpy", "onnxruntime"])
+def test_predict_batches_fit_the_forward_budget(monkeypatch, backend):
+    """A model file fixes its activations' size, not only its weights': predict cuts its batches so that
+    one batch's activations stay within FORWARD_BUDGET (this net at batch 1024 would need 26 GB)."""
+    from digitlab.model import forward_bytes
+
+    sizes = _batch_sizes(WIDE, backend, 9, monkeypatch)
+    assert sum(sizes) == 9 and max(sizes) * forward_bytes(WIDE) <= modelfile.FORWARD_BUDGET, sizes
+    assert _batch_sizes(ArchConfig(), backend, 300, monkeypatch) == [300]  # the tutorial's: one batch still
 
 
 def test_no_import_cycle():

@@ -231,9 +231,50 @@ def test_an_interrupted_run_is_not_overwritten_by_a_fresh_one(tmp_path, mnist_di
     assert checkpoint_path(out).read_bytes() == before
 
 
+def _edit_checkpoint_config(path: Path, **changes) -> None:
+    """Rewrite settings in a checkpoint's metadata, as a hand (or a moved copy) could, keeping its tensors."""
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    meta = json.loads(header["__metadata__"]["digitlab_checkpoint"])
+    meta["config"].update(changes)
+    header["__metadata__"]["digitlab_checkpoint"] = json.dumps(meta)
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + n:])
+
+
+def test_a_checkpoint_cannot_name_a_file_to_replace(tmp_path, mnist_dir):
+    """A resumed run replaces only the output its checkpoint sits beside, whatever `out` the checkpoint
+    records: one that names another existing file needs --overwrite, and that file is left as it was."""
+    out = tmp_path / "m.safetensors"
+    with pytest.raises(TrainingInterrupted):
+        train(**QUICK, out=str(out), data_dir=str(mnist_dir), stop_after_steps=1)
+    victim = tmp_path / "notes.txt"
+    victim.write_text("precious")
+    _edit_checkpoint_config(checkpoint_path(out), out=str(victim))
+    with pytest.raises(DigitlabError, match=r"notes.txt exists; pass --overwrite"):
+        train(resume=str(checkpoint_path(out)), quiet=True)
+    assert victim.read_text() == "precious"
+
+
 def test_output_a_folder_is_refused_before_training(tmp_path):
     with pytest.raises(DigitlabError, match=r"is a folder; name the model file to write"):
         train(out=str(tmp_path), data_dir=str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize("target", ["model.safetensors", "nowhere/x.safetensors", "/dev/null"])
+def test_output_a_link_or_device_is_refused_before_training(tmp_path, target):
+    """The save refuses to write through a link or onto a device: so does the check before training
+    (it used to pass, and the run failed only after its last epoch)."""
+    out = tmp_path / "m.safetensors"
+    if target.startswith("/"):
+        out = Path(target)
+    else:
+        (tmp_path / "model.safetensors").write_bytes(b"a model")
+        out.symlink_to(target)
+    with pytest.raises(DigitlabError, match=r"out: .* is (a symbolic link|not a regular file); name a plain file"):
+        train(out=str(out), overwrite=True, data_dir=str(tmp_path / "nowhere"))
+    assert target.startswith("/") or (tmp_path / "model.safetensors").read_bytes() == b"a model"
 
 
 @pytest.fixture
