@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from digitlab import __version__
-from digitlab.data import DATASETS
+from digitlab.config import DATASET_NAMES
 from digitlab.errors import ModelFileError
 from digitlab.model import ArchConfig, _brief, count_params, forward_bytes, numpy_forward, param_shapes, softmax
 from digitlab.trust import check_calibration
@@ -407,8 +407,8 @@ def validate_metadata(path: Path, meta: dict[str, Any]) -> ArchConfig:
         arch = ArchConfig.from_dict(meta["arch_config"])
     except ModelFileError as e:
         raise _fail(path, f"bad architecture config: {e}") from None
-    if "dataset" in meta and meta["dataset"] not in DATASETS:  # else it fails later, at --index or evaluate
-        raise _fail(path, f"metadata field dataset: expected one of {', '.join(DATASETS)}, "
+    if "dataset" in meta and meta["dataset"] not in DATASET_NAMES:  # else it fails later, at --index or evaluate
+        raise _fail(path, f"metadata field dataset: expected one of {', '.join(DATASET_NAMES)}, "
                           f"got {_brief(meta['dataset'], 40)}")
     classes = meta.get("classes")
     if classes is not None and (len(classes) != arch.classes
