@@ -182,6 +182,46 @@ def test_npz_mutations(tmp_path, bits, cut):
         data.read_keras_npz(tmp_path / "mnist.npz", data.DATASETS["mnist"])
 
 
+def _small_images() -> dict[str, bytes]:
+    """A digit-like picture (a dark ring on light paper) in each format people send, a few hundred bytes each."""
+    from PIL import Image, ImageDraw
+
+    im = Image.new("L", (40, 40), 230)
+    ImageDraw.Draw(im).ellipse([10, 6, 30, 34], outline=20, width=3)
+    out = {}
+    for fmt, mode in [("PNG", "L"), ("PNG", "RGBA"), ("JPEG", "RGB"), ("GIF", "P"), ("BMP", "RGB"), ("TIFF", "L"),
+                      ("WEBP", "RGB")]:
+        buffer = io.BytesIO()
+        im.convert(mode).save(buffer, fmt)
+        out[f"{fmt}-{mode}"] = buffer.getvalue()
+    return out
+
+
+IMAGES = _small_images()
+
+
+@settings(FAST, max_examples=300)
+@given(kind=st.sampled_from(sorted(IMAGES)), bits=st.lists(st.integers(0, 8 * 4096 - 1), min_size=1, max_size=6),
+       cut=st.integers(1, 4096), extra=st.binary(max_size=32))
+def test_image_mutations(kind, bits, cut, extra):
+    """Image readers: a picture with flipped bits, cut short or with bytes appended is either read (and
+    prepared) or refused with an ImageError of one line, never another exception."""
+    from digitlab.errors import ImageError
+    from digitlab.images import decode
+    from digitlab.prepare import prepare
+
+    raw = bytearray(IMAGES[kind])
+    for bit in bits:
+        if bit // 8 < len(raw):
+            raw[bit // 8] ^= 1 << (bit % 8)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prepare(decode(bytes(raw[:cut]) + extra, name="x.img"))
+    except ImageError as e:
+        assert "\n" not in str(e) and str(e).startswith("x.img"), str(e)
+
+
 # --- files declaring far more than they hold, read under an address-space limit ----------------------------
 
 LIMIT = 1536 << 20  # 1.5 GB of address space, interpreter and libraries included

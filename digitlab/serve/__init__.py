@@ -2,7 +2,7 @@
 without importing FastAPI. Each limit says what it bounds; the README's server section lists them."""
 
 MAX_UPLOAD = 4 * 1024 * 1024  # the largest request body accepted by default, in bytes (413 above)
-# Decoded pixels per request, all its images together. The CLI's own cap (images.MAX_PIXELS) is 50 MP; a
+# Decoded pixels per request, all its images together. The CLI's own cap (images.MAX_PIXELS) is 250 MP; a
 # server shares its memory between clients, so it refuses more than a 12 MP photo per request (422), after
 # decoding JPEGs at the 1/2, 1/4 or 1/8 scale that fits (draft mode), so larger phone photos still read.
 MAX_REQUEST_PIXELS = 12_000_000
