@@ -165,15 +165,15 @@ def torchrun_env(nproc: int, threads: int | None, environ: Mapping[str, str]) ->
 def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
     """`digitlab train`: a recipe with the options given on the command line (argv tells which were given). Returns the
     exit status."""
-    from digitlab.training import check_output, train
-
     # Only what the user typed overrides the recipe (every option's default is None).
     given = {f.name: getattr(args, f.name) for f in cli_fields() if getattr(args, f.name) is not None}
     config = config_from_recipe(given.pop("recipe", "seed"), **given)
+    config.validate()  # a bad setting is one line at once, before torch's 2 s import
+    from digitlab.training import check_output, train
+
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         # A convenience for `torchrun --standalone --nproc-per-node N -m digitlab train ...`. Settings and
         # output are checked here first: one clear line, rather than one per process and torchrun's report.
-        config.validate()
         if not config.resume:
             check_output(config)
         rest = [a for i, a in enumerate(argv) if a != "--nproc" and (i == 0 or argv[i - 1] != "--nproc")

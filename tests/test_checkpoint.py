@@ -138,6 +138,7 @@ def test_steps_per_epoch_must_fit_the_data(ckpt_file, tmp_path):
         train(resume=str(bad), out=str(tmp_path / "m.safetensors"))
 
 
+@pytest.mark.slow  # CLI twin of the in-process lying-checkpoint tests (torch in a subprocess)
 def test_cli_resume_from_a_lying_checkpoint_is_one_line(ckpt_file, tmp_path):
     bad = rewrite(ckpt_file, tmp_path / "bad.ckpt.safetensors", meta_change=_set("epoch", 99))
     proc = run_cli("train", "--resume", bad, "--out", tmp_path / "m.safetensors")

@@ -32,6 +32,7 @@ def test_train_cli_small(tmp_path, mnist_dir):
     assert out.exists() and out.with_name("cli.history.json").exists()
 
 
+@pytest.mark.slow  # a second CLI training in a subprocess (torch imported): ~4 s
 def test_train_flags_override_the_recipe_both_ways(tmp_path, mnist_dir):
     out = tmp_path / "b.safetensors"
     run_cli("train", "--recipe", "best", "--no-augment", "--epochs", "1", "--negatives", "0", "--limit", "256",
@@ -60,6 +61,7 @@ def test_abbreviated_options_are_refused(tmp_path):
     assert not (tmp_path / "m.safetensors").exists()
 
 
+@pytest.mark.slow  # CLI twin of test_training.py::test_existing_model_is_never_replaced_silently
 def test_train_never_replaces_a_model_silently(tmp_path):
     out = tmp_path / "m.safetensors"
     out.write_bytes(b"a 5-epoch model")
@@ -69,6 +71,7 @@ def test_train_never_replaces_a_model_silently(tmp_path):
     assert out.read_bytes() == b"a 5-epoch model"
 
 
+@pytest.mark.slow  # CLI twin of the test_training.py output checks (torch imported in a subprocess)
 def test_train_output_checked_before_training(tmp_path):
     proc = run_cli("train", "--out", tmp_path, "--data-dir", tmp_path / "nowhere")
     assert proc.returncode == 2 and "is a folder" in proc.stderr and "Traceback" not in proc.stderr
@@ -97,7 +100,8 @@ def test_predict_files_index_and_json(tmp_path, trained_model_path):
     assert "one.png: 1" in text
 
 
-@pytest.mark.parametrize("command", ["predict", "read", "explain"])
+@pytest.mark.parametrize("command", ["predict", pytest.param("read", marks=pytest.mark.slow),
+                                     pytest.param("explain", marks=pytest.mark.slow)])  # one CLI door in the fast lane
 def test_json_has_a_record_for_every_input(command, tmp_path, tiny_model_path):
     """A file that cannot be read, a missing one and an out-of-range --index each get {"source", "error"}
     in their place in the JSON list (exit 1); the readable image is still answered."""
@@ -183,6 +187,7 @@ def test_ensemble(trained_model_path, tiny_model_path):
     assert result["models"] == 2 and result["accuracy"] > 0.9
 
 
+@pytest.mark.slow  # a subprocess reading all of MNIST: ~3 s
 def test_show(tmp_path):
     term = run_cli("show", "--index", "0", check=True).stdout
     assert "█" in term and "label 7" in term

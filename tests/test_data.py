@@ -188,6 +188,7 @@ def test_download_good(tmp_path, good_files):
     assert data.load_mnist(dest).test_images.shape == (10000, 28, 28)
 
 
+@pytest.mark.slow  # two full downloads of MNIST over loopback
 def test_download_falls_back_to_next_mirror(tmp_path, good_files):
     bad = dict(good_files)
     bad["t10k-labels-idx1-ubyte.gz"] = good_files["t10k-labels-idx1-ubyte.gz"][:500]  # truncated
@@ -200,7 +201,8 @@ def test_download_falls_back_to_next_mirror(tmp_path, good_files):
     assert data.load_mnist(dest).test_labels.shape == (10000,)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "wrong_checksum", "missing"])
+@pytest.mark.parametrize("damage", ["truncated", pytest.param("wrong_checksum", marks=pytest.mark.slow),
+                                    pytest.param("missing", marks=pytest.mark.slow)])
 def test_download_bad_file_leaves_nothing(tmp_path, good_files, damage):
     files = dict(good_files)
     name = "t10k-labels-idx1-ubyte.gz"
@@ -267,6 +269,7 @@ def _keras_npz(mnist, path: Path, **changes) -> Path:
     return path
 
 
+@pytest.mark.slow  # writes four mnist.npz files of all 70,000 digits: ~4 s
 def test_keras_npz(mnist, tmp_path, monkeypatch):
     """The tutorial's Keras code leaves ~/.keras/datasets/mnist.npz: used as given, or found there,
     and held to the IDX files' checksums."""

@@ -151,6 +151,7 @@ def test_occlusion_is_torch_free():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.slow  # CLI subprocesses
 def test_cli_explain_never_replaces_what_the_user_has(tmp_path, tiny_model_path):
     """An existing map, a link or a device at --out is refused before any work (exit 2, one line); a
     link's target and the file are left as they were."""

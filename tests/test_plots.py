@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from digitlab.plots import misclassified_png, misclassified_tiles
@@ -39,6 +40,7 @@ def test_all_shown_when_under_the_limit():
     assert [i for i, _ in tiles] == [2, 4, 5, 1]
 
 
+@pytest.mark.slow  # renders a full misclassified grid with matplotlib: ~3 s
 def test_no_gap_under_the_title(tmp_path):
     """64 tiles of 200 mistakes: the title sits right above the first row (it was ~90 px above it)."""
     rng = np.random.default_rng(0)

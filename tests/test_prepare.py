@@ -104,6 +104,7 @@ def test_printed_digits(trained_model):
     assert accuracy >= 0.9, accuracy
 
 
+@pytest.mark.slow  # prepares hundreds of crops: ~3 s
 def test_tightly_cropped_digits_are_not_taken_for_frames(mnist, monkeypatch):
     """A 7's bar or a 0's loop at the edge of a tight crop is the digit, not a box: left alone."""
     import digitlab.prepare as prep

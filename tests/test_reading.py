@@ -220,6 +220,7 @@ def test_a_single_digit_reads_as_predict_reads_it(trained_model, mnist):
 
 # The doors: CLI and API.
 
+@pytest.mark.slow  # CLI subprocesses; read() itself is tested in-process above
 def test_cli_read_exit_codes(tiny_model_path, tmp_path):
     page = paper()
     bar(page, 300, 40, 160)

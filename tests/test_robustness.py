@@ -321,6 +321,7 @@ def _big_declarations(tmp: Path, mnist_dir: Path) -> list[tuple[str, str, str]]:
     return cases
 
 
+@pytest.mark.slow  # five readers in subprocesses under an address-space limit
 def test_big_declarations_bounded_memory(tmp_path, mnist_dir):
     """Each of these used to allocate what it declared (3.2 GB, 2 GB, 4.2 GB, 1.6 GB, 4.2 GB): under a
     1.5 GB address-space limit each is now a clean DigitlabError, and the process peaks under 500 MB."""
