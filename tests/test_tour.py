@@ -68,3 +68,10 @@ def test_code_layout_names_every_module():
     scripts = [p.name for p in (ROOT / "benchmarks").glob("*.py") if not p.name.startswith("_")]
     unnamed = [name for name in scripts if name not in readme]
     assert not unnamed, f"benchmarks the README never names: {unnamed}"
+
+
+def test_readme_sections_appear_once():
+    """Each heading once: an edit that pasted a section twice left two sets of figures that disagreed."""
+    headings = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith(("## ", "### "))]
+    repeated = sorted({h for h in headings if headings.count(h) > 1})
+    assert not repeated, repeated
