@@ -8,6 +8,7 @@ state dict are the Keras layer names (``conv2d.weight``, ``dense_1.bias``...).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -243,23 +244,15 @@ def numpy_forward(cfg: ArchConfig, weights: dict[str, np.ndarray], x: np.ndarray
 
 
 def forward_bytes(cfg: ArchConfig) -> int:
-    """Bytes per image that numpy_forward holds at its peak: the largest layer's input plus output, and for a
-    convolution its im2col matrix too (side^2 x in x k^2 float32). The architecture alone fixes it, so a
-    caller can size its batches before running anything: a file may declare a net within MAX_PARAMS whose
-    activations are 13 MB an image (4096 1x1 channels over 28x28), 13 GB for a batch of 1024."""
-    peak, side, values = 0, 28, 28 * 28
-    for _, kind, _, s in resolved_layers(cfg):
-        if kind == "Conv2D":
-            out = s["side"] ** 2 * s["out"]
-            peak = max(peak, 4 * (values + s["side"] ** 2 * s["in"] * s["kernel"] ** 2 + out))
-            side, values = s["side"], out
-        elif kind == "MaxPooling2D":
-            channels = values // (side * side)
-            side, values = s["side"], s["side"] ** 2 * channels
-        elif kind == "Dense":
-            peak = max(peak, 4 * (values + s["out"]))
-            values = s["out"]
-        peak = max(peak, 8 * values)  # an elementwise layer's input and output
+    """Bytes per image that numpy_forward holds at its peak: the largest layer's input, output and scratch
+    (a convolution's im2col matrix: side^2 x in x k^2 float32), from LAYER_KINDS. The architecture alone
+    fixes it, so a caller can size its batches before running anything: a file may declare a net within
+    MAX_PARAMS whose activations are 13 MB an image (4096 1x1 channels over 28x28), 13 GB for a batch of 1024."""
+    peak, shape = 0, (28, 28, 1)
+    for _, _, kind, s in resolved_layers(cfg):
+        out = kind.out_shape(shape, s)
+        peak = max(peak, 4 * (math.prod(shape) + kind.scratch(s) + math.prod(out)))
+        shape = out
     return peak
 
 
@@ -278,6 +271,7 @@ class LayerKind:
     channels-last output shape for the summary. shown: a row of its own in the summary (ReLU is folded
     into the layer before, as Keras does). onnx(s): (op_type, tensor suffixes after the input,
     attributes), or None for an identity at inference (Dropout). flops(s): multiply-adds x 2 per image.
+    scratch(s): float32 values numpy() holds beside its input and output, per image (forward_bytes).
     """
 
     params: Callable[[dict], Params]
@@ -287,6 +281,7 @@ class LayerKind:
     shown: bool
     onnx: Callable[[dict], tuple[str, list[str], dict[str, Any]] | None]
     flops: Callable[[dict], float]
+    scratch: Callable[[dict], int]
 
 
 def _np_conv(h: np.ndarray, weights: dict[str, np.ndarray], name: str, s: dict) -> np.ndarray:
@@ -335,6 +330,10 @@ def _no_flops(s: dict) -> float:
     return 0.0
 
 
+def _no_scratch(s: dict) -> int:
+    return 0
+
+
 LAYER_KINDS: dict[str, LayerKind] = {
     "Conv2D": LayerKind(
         params=lambda s: {"weight": ((s["out"], s["in"], s["kernel"], s["kernel"]), True), "bias": ((s["out"],), True)},
@@ -344,6 +343,7 @@ LAYER_KINDS: dict[str, LayerKind] = {
         shown=True,
         onnx=lambda s: ("Conv", ["weight", "bias"], {"kernel_shape": [s["kernel"]] * 2, "strides": [s["stride"]] * 2}),
         flops=lambda s: 2.0 * s["side"] ** 2 * s["out"] * s["in"] * s["kernel"] ** 2,
+        scratch=lambda s: s["side"] ** 2 * s["in"] * s["kernel"] ** 2,  # the im2col matrix
     ),
     "BatchNormalization": LayerKind(
         params=lambda s: {"weight": ((s["features"],), True), "bias": ((s["features"],), True),
@@ -354,28 +354,28 @@ LAYER_KINDS: dict[str, LayerKind] = {
         out_shape=_same_shape,
         shown=True,
         onnx=lambda s: ("BatchNormalization", ["weight", "bias", "running_mean", "running_var"], {"epsilon": 1e-3}),
-        flops=_no_flops,
+        flops=_no_flops, scratch=_no_scratch,
     ),
     "ReLU": LayerKind(
         params=_no_params, torch=lambda nn, s: nn.ReLU(inplace=True), numpy=_np_relu, out_shape=_same_shape,
-        shown=False, onnx=lambda s: ("Relu", [], {}), flops=_no_flops,
+        shown=False, onnx=lambda s: ("Relu", [], {}), flops=_no_flops, scratch=_no_scratch,
     ),
     "MaxPooling2D": LayerKind(
         params=_no_params, torch=lambda nn, s: nn.MaxPool2d(s["size"]), numpy=_np_maxpool,
         out_shape=lambda shape, s: (s["side"], s["side"], shape[2]), shown=True,
         onnx=lambda s: ("MaxPool", [], {"kernel_shape": [s["size"]] * 2, "strides": [s["size"]] * 2}),
-        flops=_no_flops,
+        flops=_no_flops, scratch=_no_scratch,
     ),
     "Flatten": LayerKind(
         params=_no_params, torch=lambda nn, s: nn.Flatten(), numpy=_np_flatten,
         out_shape=lambda shape, s: (int(np.prod(shape)),), shown=True,
         onnx=lambda s: ("Flatten", [], {"axis": 1}),  # NCHW order, as PyTorch flattens
-        flops=_no_flops,
+        flops=_no_flops, scratch=_no_scratch,
     ),
     "Dropout": LayerKind(
         params=_no_params, torch=lambda nn, s: nn.Dropout(s["rate"]),
         numpy=lambda h, weights, name, s: h,  # inference: identity
-        out_shape=_same_shape, shown=True, onnx=lambda s: None, flops=_no_flops,
+        out_shape=_same_shape, shown=True, onnx=lambda s: None, flops=_no_flops, scratch=_no_scratch,
     ),
     "Dense": LayerKind(
         params=lambda s: {"weight": ((s["out"], s["in"]), True), "bias": ((s["out"],), True)},
@@ -385,6 +385,7 @@ LAYER_KINDS: dict[str, LayerKind] = {
         shown=True,
         onnx=lambda s: ("Gemm", ["weight", "bias"], {"transB": 1}),
         flops=lambda s: 2.0 * s["in"] * s["out"],
+        scratch=_no_scratch,
     ),
 }
 

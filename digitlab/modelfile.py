@@ -61,10 +61,12 @@ class DigitModel:
 
     @property
     def classes(self) -> list[str]:
+        """The class names, output index order ("0".."9" for MNIST, or the dataset's own)."""
         return list(self.metadata.get("classes", [str(i) for i in range(10)]))
 
     @property
     def param_count(self) -> int:
+        """Trainable and non-trainable values in the architecture's tensors (93,322 for the tutorial's)."""
         return count_params(self.arch)
 
     def predict(self, images: Any, batch_size: int = 1024, *, logits: bool = False) -> Any:

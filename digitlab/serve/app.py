@@ -179,6 +179,8 @@ class Slots:
         self.small, self.large, self.queue_wait = asyncio.Semaphore(small), asyncio.Semaphore(1), queue_wait
 
     async def run(self, pixels: int, fn: Callable[[], Any]) -> Any:
+        """fn() once a slot is free (a picture of `pixels` over LARGE_PICTURE takes the large slot too): on
+        the event loop up to INLINE_PIXELS, else in a thread. Raises BadInput(503) after queue_wait."""
         sems = (self.large, self.small) if pixels > LARGE_PICTURE else (self.small,)
         taken = []
         try:
