@@ -22,7 +22,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from digitlab._io import atomic_write_bytes
-from digitlab.config import TrainConfig, config_from_dict
+from digitlab.config import TrainConfig, checkpoint_path, config_from_dict  # noqa: F401 (checkpoint_path: re-exported)
 from digitlab.errors import DigitlabError
 from digitlab.model import ARCHITECTURES, param_shapes
 from digitlab.optim import make_optimizer
@@ -56,12 +56,6 @@ class Checkpoint:
     model: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
     rng: torch.Tensor
-
-
-def checkpoint_path(out: str | Path) -> Path:
-    """Where a run writing model file `out` keeps its checkpoint: NAME.ckpt.safetensors beside it."""
-    out = Path(out)
-    return out.with_name(out.name.removesuffix(".safetensors") + ".ckpt.safetensors")
 
 
 def write_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:

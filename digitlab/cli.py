@@ -13,7 +13,7 @@ import typing
 from collections.abc import Mapping
 
 from digitlab import __version__
-from digitlab.config import RECIPES, TrainConfig, cli_fields, config_from_recipe, recipe_settings
+from digitlab.config import RECIPES, TrainConfig, check_output, cli_fields, config_from_recipe, recipe_settings
 from digitlab.errors import DigitlabError
 from digitlab.model import ARCHITECTURES  # plain data (NumPy only): the help lists the names
 from digitlab.serve import MAX_UPLOAD
@@ -168,14 +168,15 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
     # Only what the user typed overrides the recipe (every option's default is None).
     given = {f.name: getattr(args, f.name) for f in cli_fields() if getattr(args, f.name) is not None}
     config = config_from_recipe(given.pop("recipe", "seed"), **given)
-    config.validate()  # a bad setting is one line at once, before torch's 2 s import
-    from digitlab.training import check_output, train
+    # A bad setting or output is one line at once, before torch's 2 s import (a resumed run's output is
+    # checked against its checkpoint by train()). Under --nproc: one line, not one per process.
+    config.validate()
+    if not config.resume:
+        check_output(config)
+    from digitlab.training import train
 
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        # A convenience for `torchrun --standalone --nproc-per-node N -m digitlab train ...`. Settings and
-        # output are checked here first: one clear line, rather than one per process and torchrun's report.
-        if not config.resume:
-            check_output(config)
+        # A convenience for `torchrun --standalone --nproc-per-node N -m digitlab train ...`.
         rest = [a for i, a in enumerate(argv) if a != "--nproc" and (i == 0 or argv[i - 1] != "--nproc")
                 and not a.startswith("--nproc=")]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",

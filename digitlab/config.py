@@ -8,9 +8,12 @@ store them as JSON, and `validate` checks every value (type and range) with a me
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 import types
 import typing
 from dataclasses import Field, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 from digitlab.errors import DigitlabError
@@ -222,3 +225,37 @@ def lr_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
         return cfg.lr * (0.1 + 0.9 * step / warm)
     t = (step - warm) / max(1, total_steps - warm)
     return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def checkpoint_path(out: str | Path) -> Path:
+    """Where a run writing model file `out` keeps its checkpoint: NAME.ckpt.safetensors beside it."""
+    out = Path(out)
+    return out.with_name(out.name.removesuffix(".safetensors") + ".ckpt.safetensors")
+
+
+def check_output(config: TrainConfig, resuming_into: bool = False) -> None:
+    """Refuse, before any training, an output that would replace a file silently or could not be written:
+    `out` an existing folder, a link or a device; an existing file without `overwrite` (a resumed run may
+    replace its own, `resuming_into`); an interrupted run's checkpoint that a fresh run would overwrite; a folder that
+    cannot be created or written. Raises DigitlabError naming the path."""
+    out = Path(config.out)
+    if out.is_dir():
+        raise DigitlabError(f"out: {out} is a folder; name the model file to write, e.g. "
+                            f"--out {out / 'model.safetensors'}")
+    if out.is_symlink() or (out.exists() and not out.is_file()):  # the save (atomic_write_bytes) refuses these
+        raise DigitlabError(f"out: {out} is {'a symbolic link' if out.is_symlink() else 'not a regular file'}; "
+                            "name a plain file to write")
+    if out.exists() and not (config.overwrite or resuming_into):
+        raise DigitlabError(f"out: {out} exists; pass --overwrite to replace it, or choose another --out")
+    ckpt = checkpoint_path(out)
+    if ckpt.exists() and not (config.overwrite or config.resume):
+        raise DigitlabError(f"out: {ckpt} holds an interrupted run; continue it with --resume {ckpt}, "
+                            f"or pass --overwrite to start afresh")
+    folder = out.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{out.name}.", suffix=".part")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise DigitlabError(f"out: cannot write into {folder} ({e.strerror or e})") from None

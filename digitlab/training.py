@@ -18,7 +18,6 @@ import math
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -34,7 +33,7 @@ from digitlab import trust
 from digitlab._io import atomic_write_bytes
 from digitlab.augment import augment_batch
 from digitlab.checkpoint import Checkpoint, CheckpointError, checkpoint_path, read_checkpoint, write_checkpoint
-from digitlab.config import TrainConfig, config_from_recipe, lr_at
+from digitlab.config import TrainConfig, check_output, config_from_recipe, lr_at
 from digitlab.data import load_mnist
 from digitlab.errors import DigitlabError
 from digitlab.evaluate import evaluate_torch
@@ -179,34 +178,6 @@ def _settings(config: TrainConfig | None, overrides: dict[str, Any]) -> tuple[Tr
 
 def _same_file(a: str | Path, b: str | Path) -> bool:
     return Path(a).resolve() == Path(b).resolve()
-
-
-def check_output(config: TrainConfig, resuming_into: bool = False) -> None:
-    """Refuse, before any training, an output that would replace a file silently or could not be written:
-    `out` an existing folder, a link or a device; an existing file without `overwrite` (a resumed run may
-    replace its own, `resuming_into`); an interrupted run's checkpoint that a fresh run would overwrite; a folder that
-    cannot be created or written. Raises DigitlabError naming the path."""
-    out = Path(config.out)
-    if out.is_dir():
-        raise DigitlabError(f"out: {out} is a folder; name the model file to write, e.g. "
-                            f"--out {out / 'model.safetensors'}")
-    if out.is_symlink() or (out.exists() and not out.is_file()):  # the save (atomic_write_bytes) refuses these
-        raise DigitlabError(f"out: {out} is {'a symbolic link' if out.is_symlink() else 'not a regular file'}; "
-                            "name a plain file to write")
-    if out.exists() and not (config.overwrite or resuming_into):
-        raise DigitlabError(f"out: {out} exists; pass --overwrite to replace it, or choose another --out")
-    ckpt = checkpoint_path(out)
-    if ckpt.exists() and not (config.overwrite or config.resume):
-        raise DigitlabError(f"out: {ckpt} holds an interrupted run; continue it with --resume {ckpt}, "
-                            f"or pass --overwrite to start afresh")
-    folder = out.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{out.name}.", suffix=".part")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise DigitlabError(f"out: cannot write into {folder} ({e.strerror or e})") from None
 
 
 def _start(config: TrainConfig) -> _Run:
