@@ -200,6 +200,18 @@ def build_torch(cfg: ArchConfig):  # -> torch.nn.Sequential
     return net
 
 
+def load_weights(net: Any, weights: dict[str, Any]) -> None:
+    """Load weights (name -> torch tensor, as our files and checkpoints hold them) into a build_torch net.
+
+    PyTorch's BatchNorm adds its step counter `num_batches_tracked` to a state dict that lacks PyTorch's
+    version metadata (a plain dict, as read from safetensors); build_torch does not keep that counter, so
+    it is the one unexpected key allowed. Raises RuntimeError naming any other missing or unexpected key."""
+    result = net.load_state_dict(weights, strict=False)
+    unexpected = [k for k in result.unexpected_keys if not k.endswith("num_batches_tracked")]
+    if result.missing_keys or unexpected:
+        raise RuntimeError(f"weights do not fit the network: missing {result.missing_keys}, unexpected {unexpected}")
+
+
 def summary(cfg: ArchConfig) -> str:
     """Keras's model.summary() table. Shapes are printed channels-last, (batch, height, width,
     channels), as Keras prints them; the PyTorch module stores the same tensors channels-first."""

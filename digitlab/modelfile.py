@@ -120,10 +120,10 @@ class DigitModel:
         """The same weights as a PyTorch module (eval mode)."""
         import torch
 
-        from digitlab.model import build_torch
+        from digitlab.model import build_torch, load_weights
 
         net = build_torch(self.arch)
-        net.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self.weights.items()})
+        load_weights(net, {k: torch.from_numpy(v.copy()) for k, v in self.weights.items()})
         return net.eval()
 
 

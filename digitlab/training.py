@@ -38,7 +38,7 @@ from digitlab.data import load_mnist
 from digitlab.errors import DigitlabError
 from digitlab.evaluate import evaluate_torch
 from digitlab.hardware import choose_precision
-from digitlab.model import ARCHITECTURES, build_torch
+from digitlab.model import ARCHITECTURES, build_torch, load_weights
 from digitlab.modelfile import DigitModel, save
 from digitlab.negatives import OE_WEIGHT, negative_batch, oe_loss
 from digitlab.optim import make_optimizer
@@ -233,7 +233,7 @@ def _build(run: _Run, data: _Data, resumed: Checkpoint | None):
     if resumed.steps_per_epoch != state.steps_per_epoch:
         raise CheckpointError(f"{cfg.resume}: steps_per_epoch: {resumed.steps_per_epoch}, but the data gives "
                               f"{state.steps_per_epoch} (another dataset, or other files?)")
-    net.load_state_dict(resumed.model)
+    load_weights(net, resumed.model)
     optimizer.load_state_dict(resumed.optimizer)
     torch.set_rng_state(resumed.rng)
     state = replace(state, epoch=resumed.epoch, step=resumed.step, history=resumed.history,

@@ -99,6 +99,19 @@ def test_resume_gives_the_same_result(tmp_path, mnist_dir, uninterrupted, stop_a
     assert resumed.metadata["test_metrics"] == uninterrupted.metadata["test_metrics"]
 
 
+@pytest.mark.slow  # three short trainings of a batch-norm net: ~10 s on a quiet machine
+def test_batch_norm_nets_resume(tmp_path, mnist_dir):
+    """A batch-norm net (best's lean-bn) stopped and resumed: it once failed to load its own checkpoint
+    (PyTorch's BatchNorm adds a step counter to weights read back from a file)."""
+    settings = dict(QUICK, arch="lean-bn", seed=3, data_dir=str(mnist_dir))
+    full = train(**settings, out=str(tmp_path / "full.safetensors"))
+    with pytest.raises(TrainingInterrupted) as info:
+        train(**settings, out=str(tmp_path / "run.safetensors"), stop_after_steps=13)
+    resumed = train(resume=str(info.value.checkpoint), quiet=True)
+    for k in full.weights:
+        assert np.array_equal(full.weights[k], resumed.weights[k]), k
+
+
 @pytest.mark.slow  # three trainings with a pool of negatives (fonts, Fashion-MNIST): > 10 s on a quiet machine
 def test_negatives_are_deterministic_and_resume_bit_identically(tmp_path, mnist_dir, uninterrupted):
     """Outlier exposure: negatives drawn by (seed, epoch, step) from a pool built once per process, so a
