@@ -52,3 +52,10 @@ def test_prepare_benchmark_peak_is_the_childs_own(tmp_path):
     held = np.ones(200 * 2**20, np.uint8)  # 200 MB held (and touched) by this process
     assert held.sum() == len(held)
     assert bench.child_peak_mb("x", code=bench.PEAK.replace("p = prepare(decode(sys.argv[1]))", "")) < 150
+
+
+def test_feature_scores_needs_a_validation_split(tmp_path, tiny_model_path):
+    """Thresholds come from the validation split, never from the test set: a model without one is refused."""
+    proc = run_benchmark("feature_scores.py", str(tiny_model_path), home=tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "without a validation split" in proc.stderr.strip().splitlines()[-1]
