@@ -71,8 +71,9 @@ def main() -> None:
     cfg = config_from_recipe(args.recipe)
     what = "validation (last 10,000 training images)" if args.val else "test"
     print(f"recipe {args.recipe}: arch {cfg.arch}, {cfg.epochs} epoch(s), batch {cfg.batch_size}, {cfg.optimizer} "
-          f"lr {cfg.lr:g} {cfg.schedule}, label smoothing {cfg.label_smoothing:g}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; seeds {' '.join(map(str, args.seeds))}; accuracy on {what}", flush=True)
+          f"lr {cfg.lr:g} betas ({cfg.beta1:g}, {cfg.beta2:g}) {cfg.schedule}, label smoothing "
+          f"{cfg.label_smoothing:g}; torch {torch.__version__}, {torch.get_num_threads()} threads; seeds "
+          f"{' '.join(map(str, args.seeds))}; accuracy on {what}", flush=True)
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "record.safetensors"
