@@ -102,7 +102,7 @@ def _brief(value: Any, limit: int = 60) -> str:
 
 ARCHITECTURES: dict[str, ArchConfig] = {
     "tutorial": ArchConfig(),
-    # The tutorial's shape at 3/4 the width: 60k parameters, 58% of its multiply-adds; what `fast` trains.
+    # The tutorial's shape at 3/4 the width: 60k parameters, 58% of its multiply-adds; `fast`'s before `quick`.
     "small": ArchConfig(convs=[24, 48, 48], dense=64),
     # Wider, batch-normalised, with dropout: the `best` recipe's net before lean-bn (99.66% in 24 epochs).
     "wide-bn": ArchConfig(convs=[32, 64, 128], dense=128, batchnorm=True, dropout=0.25),
