@@ -50,6 +50,8 @@ class TrainConfig:
     optimizer: str = _setting("rmsprop", "rmsprop (Keras's), adam (AdamW) or sgd (Nesterov momentum 0.9)",
                               choices=OPTIMIZERS, recipe=True)
     lr: float = _setting(1e-3, "learning rate (with onecycle: the peak)", recipe=True)
+    beta1: float = _setting(0.9, "adam: decay of the gradient's running mean (its momentum), in [0, 1)", recipe=True)
+    beta2: float = _setting(0.999, "adam: decay of the squared gradient's running mean, in [0, 1)", recipe=True)
     schedule: str = _setting("constant", "constant, or onecycle: linear warm-up over 20% of the steps, "
                              "then cosine down to lr/100", choices=SCHEDULES, recipe=True)
     augment: bool = _setting(False, "random shifts, rotations and scaling (never flips: digits are not "
@@ -99,6 +101,8 @@ class TrainConfig:
             (self.epochs >= 1, f"epochs: must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size: must be >= 1, got {self.batch_size}"),
             (self.lr > 0 and math.isfinite(self.lr), f"lr: must be a positive number, got {self.lr}"),
+            (0 <= self.beta1 < 1, f"beta1: must be in [0, 1), got {self.beta1}"),
+            (0 <= self.beta2 < 1, f"beta2: must be in [0, 1), got {self.beta2}"),
             (0 <= self.weight_decay < math.inf, f"weight_decay: must be >= 0, got {self.weight_decay}"),
             (0 <= self.val_split < 1, f"val_split: must be in [0, 1), got {self.val_split}"),
             (0 <= self.negatives <= 4,
@@ -152,11 +156,16 @@ def _short(value: Any, limit: int = 60) -> str:
 # Recipes are plain data: one TrainConfig (a dataclass) per name. `seed` is exactly the tutorial.
 RECIPES: dict[str, TrainConfig] = {
     "seed": TrainConfig(recipe="seed"),
-    # The shortest CPU time to 99% we found: a narrower tutorial net, Adam with a one-cycle schedule,
-    # 2 epochs of batch 128. Chosen on a 10% validation split (99.13% val), never on the test set; the
-    # tutorial's own net needs the same 2 epochs at twice the cost, a 16-32 net without BN falls short.
-    "fast": TrainConfig(recipe="fast", arch="small", epochs=2, batch_size=128, optimizer="adam", lr=5e-3,
-                        schedule="onecycle"),
+    # The CPU record to 99% (benchmarks/record.py): one epoch of batch 256 on the `quick` net (a strided first
+    # conv), Adam with tuomaso/train_mnist_fast's betas (0.7, 0.9) and a one-cycle schedule peaking at 2e-2,
+    # label smoothing 0.1. Chosen on the last 10,000 training images held out, never on the test set; mean
+    # val accuracy of 1-epoch runs over seeds 0-4: this recipe 99.10%; at lr 1e-2 99.04%; with 16-32 convs and
+    # a 4x4 stem (15-20% cheaper) 99.00%. Seeds 0-1, 16-32 convs, lr 1e-2: Adam's default betas 98.50% vs
+    # 98.92%; without label smoothing 98.76% vs 98.84% (seed 0); a 64-wide dense layer and no smoothing 98.50%.
+    # Batch norm failed (55%): Keras's momentum 0.99 leaves its running statistics unready after 196 steps. The previous
+    # `fast` (`small` net, 2 epochs of batch 128, lr 5e-3): 99.13% val, 99.08% test in 2 epochs of 15.5 s.
+    "fast": TrainConfig(recipe="fast", arch="quick", epochs=1, batch_size=256, optimizer="adam", lr=2e-2,
+                        beta1=0.7, beta2=0.9, schedule="onecycle", label_smoothing=0.1),
     # Accuracy first: a wider batch-normalised net with a strided first conv (lean-bn), augmentation,
     # label smoothing, one-cycle, 36 epochs. Chosen on a 10% validation split (seed 0): lean-bn 36 epochs
     # 99.68%, 24 epochs 99.62%; the earlier wide-bn (24 epochs, 1.7x the step time) 99.60%, deep-bn 99.65-99.72%

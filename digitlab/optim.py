@@ -44,14 +44,15 @@ class KerasRMSprop(torch.optim.Optimizer):
 
 def make_optimizer(cfg: TrainConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
     """The optimizer cfg.optimizer names, at cfg.lr and cfg.weight_decay: "rmsprop" is KerasRMSprop
-    (rho 0.9, eps 1e-7), "adam" is AdamW (eps 1e-7 as Keras's Adam), "sgd" is SGD with Nesterov
-    momentum 0.9. The learning rate is set again at every step from the schedule (config.lr_at)."""
+    (rho 0.9, eps 1e-7), "adam" is AdamW (betas cfg.beta1 and cfg.beta2, eps 1e-7 as Keras's Adam), "sgd"
+    is SGD with Nesterov momentum 0.9. The learning rate is set again at every step from the schedule (config.lr_at)."""
     if cfg.optimizer == "rmsprop":
         return KerasRMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
         # foreach: one op per update for all tensors; PyTorch only picks it by default on GPUs, and on
         # CPU the per-tensor loop cost 2 ms of a 20 ms step for a small net.
-        return torch.optim.AdamW(params, lr=cfg.lr, eps=1e-7, weight_decay=cfg.weight_decay, foreach=True)
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-7,
+                                 weight_decay=cfg.weight_decay, foreach=True)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay,
                                foreach=True)

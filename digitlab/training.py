@@ -46,7 +46,7 @@ from digitlab.optim import make_optimizer
 DEFAULT_OUT = TrainConfig.out  # the dataclass keeps each field's default as a class attribute
 TEST_CHUNK = 1000  # test images evaluated between two looks at the stop flag
 # Negatives (outlier exposure) are drawn from a pool of at most this many, built once per process:
-# 20,000 took 15 s on one idle core (64-112 s with the machine shared); a run of `fast` draws ~54,000.
+# 20,000 took 15 s on one idle core (64-112 s with the machine shared); a run of `fast` draws 27,000-30,000.
 NEGATIVE_POOL = 20000
 # Calibration at the end of training (digitlab.trust): the threshold whose false-reject rate on unseen
 # digits is at most 1% with 99% confidence (an exact binomial bound on the validation digits: 0.70% of

@@ -4,7 +4,7 @@
 # Each command is echoed as the README writes it ("$ digitlab ..."); tests/test_tour.py compares these
 # lines with the README, so the two cannot drift apart.
 #
-#   bash scripts/tour.sh                  # the whole tour: the tutorial's 5 epochs, then `fast`'s 2
+#   bash scripts/tour.sh                  # the whole tour: the tutorial's 5 epochs, then `fast`'s 1
 #   TOUR_QUICK=1 bash scripts/tour.sh     # the same commands; the two trainings get --epochs 1 --limit 2000 --test-limit 1000
 #
 # MNIST comes from $DIGITLAB_DATA_DIR (default: ../shared/mnist beside the checkout, as scripts/test.sh).

@@ -59,3 +59,45 @@ def test_feature_scores_needs_a_validation_split(tmp_path, tiny_model_path):
     proc = run_benchmark("feature_scores.py", str(tiny_model_path), home=tmp_path)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
     assert "without a validation split" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_record_without_data_a_message_not_a_traceback(tmp_path):
+    proc = run_benchmark("record.py", "--seeds", "0", home=tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "not available offline" in last and "DIGITLAB_DATA_DIR" in last and "record.py: " in proc.stderr
+
+
+def test_record_dry_run(tmp_path, mnist_dir):
+    """benchmarks/record.py end to end on 512 images (2 steps of the fast recipe's 256) and 100 test images:
+    the machine, torch, the seeds, a warm-up not counted, a line per seed, mean +- std; no results file."""
+    results = ROOT / "benchmarks" / "results"
+    before = sorted(results.iterdir())
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DIGITLAB_DATA_DIR": str(mnist_dir)}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "record.py"), "--limit", "512", "--test-limit",
+                           "100", "--seeds", "3", "--threads", "1"], capture_output=True, text=True, env=env,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("machine: ") and "torch " in lines[0]
+    assert "recipe fast: arch " in lines[1] and "1 threads; seeds 3; accuracy on test" in lines[1]
+    assert lines[2].startswith("warm-up (seed 4, not counted): ")
+    assert lines[3].startswith("seed 3: ") and "s training (" in lines[3] and "test accuracy" in lines[3]
+    assert lines[4].startswith("test accuracy ") and "over 1 seeds" in lines[4] and " ± " in lines[4]
+    assert sorted(results.iterdir()) == before  # a dry run's figures are not the recipe's
+
+
+def test_record_val_holds_out_the_end_of_the_training_set(tmp_path, mnist_dir, monkeypatch):
+    """--val trains on all but the last images of the (limited) training set and reports accuracy on those:
+    never the test set's."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("record_benchmark", ROOT / "benchmarks" / "record.py")
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench.argparse.Namespace(recipe="fast", val=True, data_dir=str(mnist_dir), threads=1, limit=1000,
+                                    test_limit=None)
+    r = bench.run_once(args, 0, tmp_path / "m.safetensors")
+    assert r["train_images"] == 500 and r["epochs"] == bench.config_from_recipe("fast").epochs
+    assert 0 <= r["accuracy"] <= 1 and r["train_seconds"] > 0

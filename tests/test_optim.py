@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from digitlab.config import TrainConfig
+from digitlab.config import RECIPES, TrainConfig
 from digitlab.optim import KerasRMSprop, make_optimizer
 
 
@@ -61,5 +61,8 @@ def test_make_optimizer_follows_the_config():
     assert isinstance(rms, KerasRMSprop) and rms.defaults["lr"] == 0.5 and rms.defaults["rho"] == 0.9
     adam = make_optimizer(TrainConfig(optimizer="adam", weight_decay=0.01), params)
     assert isinstance(adam, torch.optim.AdamW) and adam.defaults["eps"] == 1e-7
+    assert adam.defaults["betas"] == (0.9, 0.999)  # PyTorch's and Keras's defaults
+    fast = make_optimizer(RECIPES["fast"], params)  # tuomaso/train_mnist_fast's betas
+    assert fast.defaults["betas"] == (0.7, 0.9) and fast.defaults["lr"] == RECIPES["fast"].lr
     sgd = make_optimizer(TrainConfig(optimizer="sgd"), params)
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.9

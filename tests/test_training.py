@@ -25,6 +25,7 @@ from digitlab.data import load_mnist
 from digitlab.errors import DigitlabError
 from digitlab.hardware import cpu_info, native_bf16
 from digitlab.training import TrainingInterrupted, history_path, train
+from tests.conftest import FIXTURE_NET
 
 QUICK = {"epochs": 2, "limit": 640, "test_limit": 500, "quiet": True}  # 10 steps of 64 per epoch; 500 test images
 RESUMABLE = dict(QUICK, seed=7, optimizer="adam", augment=True)  # every kind of state a checkpoint holds
@@ -40,7 +41,16 @@ def test_end_to_end_one_epoch_full_mnist(trained_model, mnist):
     assert acc >= 0.98, acc
     assert abs(trained_model.metadata["test_metrics"]["accuracy"] - acc) < 1e-3
     t = trained_model.metadata["training"]
-    assert (t["epochs"], t["train_images"], t["arch"]) == (1, 60000, RECIPES["fast"].arch)
+    assert (t["epochs"], t["train_images"], t["arch"]) == (1, 60000, FIXTURE_NET["arch"])
+
+
+@pytest.mark.slow
+def test_fast_recipe_reaches_99_percent(tmp_path, mnist_dir):
+    """The `fast` recipe as `digitlab train --recipe fast` runs it: one epoch, then the test set. Over seeds
+    0-4 it averages 99% or more (benchmarks/record.py); each seed alone lands within 98.9-99.2% here."""
+    m = train(recipe="fast", out=str(tmp_path / "fast.safetensors"), data_dir=str(mnist_dir), quiet=True, seed=0)
+    assert m.metadata["training"]["arch"] == "quick" and len(m.metadata["history"]["seconds"]) == 1
+    assert m.metadata["test_metrics"]["accuracy"] >= 0.989
 
 
 def test_same_seed_same_weights(tmp_path, mnist_dir):
