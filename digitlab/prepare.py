@@ -163,7 +163,7 @@ def ink_map(g: np.ndarray, work_side: int = WORK_SIDE) -> tuple[np.ndarray, floa
     # enlarged when small.
     scale = max(h, w) / work_side if max(h, w) > 1.25 * work_side else min(1.0, min(h, w) / SMALL_SIDE)
     if scale > 1:
-        g = cv2.resize(g, (max(1, round(w / scale)), max(1, round(h / scale))), interpolation=cv2.INTER_AREA)
+        g, scale = _shrink(g, scale)
     elif scale < 1:  # small pictures (a canvas shrunk to 28x28): enlarged, so a 3x3 step is not a stroke
         g = cv2.resize(g, (max(1, round(w / scale)), max(1, round(h / scale))), interpolation=cv2.INTER_CUBIC)
         g = _unit(g)
@@ -204,6 +204,20 @@ def ink_map(g: np.ndarray, work_side: int = WORK_SIDE) -> tuple[np.ndarray, floa
     ink = _unit((contrast - t / 2) / (peak - t / 2))
     ink[contrast < t] = 0
     return ink.astype(np.float32, copy=False), scale
+
+
+def _shrink(g: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
+    """g (H, W) area-averaged down by about scale (> 1), and the scale it was: by the whole factor below
+    scale when that leaves at most 1.25x the pixels asked for (the tolerance ink_map already grants a
+    picture it does not shrink), else by scale itself. OpenCV has a fast path for whole factors: a 280-px
+    canvas to 140 px took 0.013 ms, where its general area resize to 128 px took 0.15-0.28 ms (and a 12 MP
+    photo 7 ms instead of 29). The rows and columns beyond the last whole block (fewer than the factor,
+    at the far edges) are dropped, so boxes scale back exactly."""
+    h, w = g.shape
+    f = int(scale)
+    if f >= 2 and scale / f <= 1.25 and min(h, w) >= f:  # (a sliver narrower than f keeps the general path)
+        return cv2.resize(g[:h - h % f, :w - w % f], (w // f, h // f), interpolation=cv2.INTER_AREA), float(f)
+    return cv2.resize(g, (max(1, round(w / scale)), max(1, round(h / scale))), interpolation=cv2.INTER_AREA), scale
 
 
 def _ink_is_bright(g: np.ndarray) -> bool:
