@@ -1,6 +1,7 @@
 """What one request costs inside the app, without a server or a network: the ASGI app called directly,
-one request after another, for a 280x280 canvas PNG upload and JSON pixels (28x28), as benchmarks/load.py
-sends them. Prints the median and fastest wall time and the median CPU time per request; CPU time and the
+one request after another (or --concurrent N at once, as N connections send them: the server batches
+their model calls), for a 280x280 canvas PNG upload and JSON pixels (28x28), as benchmarks/load.py sends
+them. Prints the median and fastest wall time and the median CPU time per request; CPU time and the
 fastest run move less than wall time when other work shares the machine.
 
     python benchmarks/app_overhead.py MODEL.safetensors [--n 300] [--concurrent 32]
