@@ -1,9 +1,10 @@
 """What one request costs inside the app, without a server or a network: the ASGI app called directly,
-one request after another, for a 280x280 canvas PNG upload and JSON pixels (28x28), as benchmarks/load.py
-sends them. Prints the median and fastest wall time and the median CPU time per request; CPU time and the
+one request after another (or --concurrent N at once, as N connections send them: the server batches
+their model calls), for a 280x280 canvas PNG upload and JSON pixels (28x28), as benchmarks/load.py sends
+them. Prints the median and fastest wall time and the median CPU time per request; CPU time and the
 fastest run move less than wall time when other work shares the machine.
 
-    python benchmarks/app_overhead.py MODEL.safetensors [--n 300]
+    python benchmarks/app_overhead.py MODEL.safetensors [--n 300] [--concurrent 32]
 """
 
 from __future__ import annotations
@@ -63,17 +64,19 @@ async def call(app, body: bytes, ctype: bytes) -> int:
     return status[0]
 
 
-async def measure(app, body: bytes, ctype: bytes, n: int) -> tuple[float, float, float]:
-    """(median wall ms, fastest wall ms, median CPU ms) over n requests after 20 warm-up ones."""
+async def measure(app, body: bytes, ctype: bytes, n: int, concurrent: int = 1) -> tuple[float, float, float]:
+    """(median wall ms, fastest wall ms, median CPU ms) per request over n rounds after 20 warm-up ones;
+    each round is `concurrent` requests at once (as many connections would send them), its times divided
+    by that number."""
     for _ in range(20):
-        if await call(app, body, ctype) != 200:
+        if set(await asyncio.gather(*(call(app, body, ctype) for _ in range(concurrent)))) != {200}:
             raise SystemExit("app_overhead.py: the app did not answer 200")
     wall, cpu = [], []
     for _ in range(n):
         c, w = time.process_time(), time.perf_counter()
-        await call(app, body, ctype)
-        wall.append(time.perf_counter() - w)
-        cpu.append(time.process_time() - c)
+        await asyncio.gather(*(call(app, body, ctype) for _ in range(concurrent)))
+        wall.append((time.perf_counter() - w) / concurrent)
+        cpu.append((time.process_time() - c) / concurrent)
     return 1000 * float(np.median(wall)), 1000 * min(wall), 1000 * float(np.median(cpu))
 
 
@@ -81,14 +84,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
     ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--concurrent", type=int, default=1,
+                    help="requests sent at once in each round (the server batches their model calls)")
     ap.add_argument("--data-dir", help="MNIST folder (default: $DIGITLAB_DATA_DIR, then the cache)")
     args = ap.parse_args()
     app = create_app(args.model)
     digit = load_mnist(args.data_dir).test_images[0]
     print(machine_line())
+    print(f"{args.concurrent} request(s) at once; times per request")
     print("| request | median ms | fastest ms | CPU ms (median) |\n|---|---|---|---|")
     for name, (body, ctype) in requests(digit).items():
-        med, fastest, cpu = asyncio.run(measure(app, body, ctype, args.n))
+        med, fastest, cpu = asyncio.run(measure(app, body, ctype, args.n, args.concurrent))
         print(f"| {name} | {med:.2f} | {fastest:.2f} | {cpu:.2f} |")
 
 

@@ -5,7 +5,9 @@
 Starts `digitlab serve` on 127.0.0.1 (a free port), then runs wrk (Debian package `wrk`) twice, each with a
 Lua script that posts the same request over and over: a 280x280 canvas PNG upload (multipart field "file",
 a test digit drawn dark on white) and JSON pixels ({"pixels": 28 rows}). Prints the machine (CPU model, ISA
-flags, cores), then requests/s, p50/p99 latency and non-2xx answers for each; exits 1 on any non-2xx or
+flags, cores), then requests/s, p50/p99 latency, non-2xx answers and the server's CPU time per request (its
+processes' user + system time over the run / requests answered: on a shared machine this moves far less
+than requests/s, and cores / it bounds the requests/s one machine can give); exits 1 on any non-2xx or
 socket error. Stops the server at the end.
 """
 
@@ -72,6 +74,22 @@ def wait_healthy(base: str, seconds: float = 60) -> None:
     raise SystemExit(f"server at {base} did not answer within {seconds} s")
 
 
+def server_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by the server process and its workers."""
+    import psutil
+
+    procs = [psutil.Process(pid)]
+    procs += procs[0].children(recursive=True)
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def run_wrk(wrk: str, script: str, workdir: Path, url: str, connections: int, seconds: int) -> dict:
     (workdir / "script.lua").write_text(script)
     threads = min(connections, max(1, (os.cpu_count() or 2) // 2))
@@ -106,16 +124,19 @@ def main() -> None:
             (work / "digit.png").write_bytes(buf.getvalue())
             (work / "digit.json").write_text(json.dumps({"pixels": digit.tolist()}))
             for name, script in (("canvas PNG upload (280x280)", PNG_LUA), ("JSON pixels (28x28)", JSON_LUA)):
+                cpu = server_cpu_s(server.pid)
                 results[name] = run_wrk(wrk, script, work, base + "/api/predict", args.connections, args.seconds)
+                results[name]["server_cpu_s"] = server_cpu_s(server.pid) - cpu
     finally:
         server.terminate()
         server.wait(timeout=20)
     print(machine_line("granian", "onnxruntime"))
     print(f"wrk, {args.connections} connections, {args.seconds} s each, {args.workers} worker(s), 127.0.0.1\n")
-    print("| request | requests/s | p50 ms | p99 ms | non-2xx | socket errors |\n|---|---|---|---|---|---|")
+    print("| request | requests/s | p50 ms | p99 ms | non-2xx | socket errors | server CPU ms/request |\n"
+          "|---|---|---|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['requests'] / r['seconds']:,.0f} | {r['p50_us'] / 1000:.1f} | {r['p99_us'] / 1000:.1f} "
-              f"| {r['non2xx']} | {r['socket_errors']} |")
+              f"| {r['non2xx']} | {r['socket_errors']} | {1000 * r['server_cpu_s'] / max(1, r['requests']):.2f} |")
     if any(r["non2xx"] or r["socket_errors"] for r in results.values()):
         sys.exit(1)
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from digitlab.modelfile import DigitModel
 from digitlab.prepare import Prepared
-from digitlab.trust import calibration_of, status_for
+from digitlab.trust import PREPARED_STATUSES, accepted, calibration_of
 
 
 def predict_records(model: DigitModel, prepared: list[Prepared], names: list[str]) -> list[dict[str, Any]]:
@@ -20,14 +20,15 @@ def predict_records(model: DigitModel, prepared: list[Prepared], names: list[str
     if not prepared:
         return []
     calibration = calibration_of(model)
-    # The energy score needs logits: predict gives them from the same forward pass, when asked.
+    # The energy score needs logits: forward gives them from the same pass as the probabilities.
     use_logits = calibration["method"] == "energy"
     inked = [i for i, p in enumerate(prepared) if p.status != "empty"]
-    probs = logits = np.zeros((0, 0), np.float32)
-    if inked:
-        images = np.stack([prepared[i].image for i in inked])
-        probs, logits = model.predict(images, logits=True) if use_logits else (model.predict(images), probs)
     by_index = {i: k for k, i in enumerate(inked)}
+    probs, logits = np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+    if inked:  # prepared images go straight to the network: prepare() made them, no second check
+        probs, logits = model.forward(np.stack([prepared[i].image for i in inked]))
+    # One scoring call for the whole batch (status_for's rule, row by row it cost more than the network).
+    ok = accepted(logits if use_logits else probs, calibration, logits=use_logits) if inked else []
     classes = model.classes
     records = []
     for i, (name, p) in enumerate(zip(names, prepared, strict=True)):
@@ -35,9 +36,11 @@ def predict_records(model: DigitModel, prepared: list[Prepared], names: list[str
                                   "confidence": None, "probabilities": None, "marks": p.marks}
         if i in by_index:
             q = probs[by_index[i]]
-            record["probabilities"] = [float(v) for v in q]
-            record["status"] = status_for(p.status, logits[by_index[i]] if use_logits else q, calibration,
-                                          logits=use_logits)
+            record["probabilities"] = q.tolist()
+            if p.status == "digit":
+                record["status"] = "digit" if ok[by_index[i]] else "not_a_digit"
+            elif p.status not in PREPARED_STATUSES:
+                raise ValueError(f"prepared status: expected one of {', '.join(PREPARED_STATUSES)}, got {p.status!r}")
             if record["status"] == "digit":
                 k = int(q.argmax())
                 record.update(digit=k, label=classes[k], confidence=float(q[k]))

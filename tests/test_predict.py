@@ -118,8 +118,9 @@ def test_cli_text_says_the_state_in_words(models, pictures, tmp_path):
 
 
 def test_energy_calibration_scores_the_logits_of_the_same_pass(models, pictures, monkeypatch):
-    """An energy calibration gets its logits from predict(..., logits=True): one forward pass, and the
-    score is the energy of those logits (a threshold just above a picture's energy rejects it)."""
+    """An energy calibration gets its logits from the pass that gives the probabilities (DigitModel.forward
+    gives both): one forward pass per call, and the score is the energy of those logits (a threshold just
+    above a picture's energy rejects it)."""
     from digitlab import trust
     from digitlab.images import decode
     from digitlab.modelfile import DigitModel
@@ -128,20 +129,20 @@ def test_energy_calibration_scores_the_logits_of_the_same_pass(models, pictures,
     prepared = [prepare(decode(io.BytesIO(pictures["digit"])))]
     energy = float(trust.energy_score(model.logits(prepared[0].image[None]))[0])
     calls = []
-    real = DigitModel.predict
+    real = DigitModel.forward
 
-    def counted(self, images, batch_size=1024, *, logits=False):
-        calls.append(logits)
-        return real(self, images, batch_size, logits=logits)
+    def counted(self, images, batch_size=1024):
+        calls.append(len(images))
+        return real(self, images, batch_size)
 
-    monkeypatch.setattr(DigitModel, "predict", counted)
+    monkeypatch.setattr(DigitModel, "forward", counted)
     for threshold, status in ((energy - 1e-3, "digit"), (energy + 1e-3, "not_a_digit")):
         model.metadata["calibration"] = {**ACCEPT_ALL, "threshold": threshold}
         assert predict_records(model, prepared, ["d"])[0]["status"] == status
-    assert calls == [True, True]  # one pass per call, logits with it
+    assert calls == [1, 1]  # one pass per call
     model.metadata["calibration"] = REJECT_ALL  # msp: the probabilities are enough
     assert describe(predict_records(model, prepared, ["d.png"])[0]).startswith("d.png: not a digit")
-    assert calls[-1] is False
+    assert calls == [1, 1, 1]
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "numpy"])

@@ -522,3 +522,66 @@ def test_plain_png_uploads_reach_prepare_within_its_pixel_bound(tiny_model_path,
             data = encoded(drawn_one(side).convert("RGB"))
             assert c.post("/api/predict", files={"file": ("one.png", data, "image/png")}).status_code == 200
     assert sizes[0] == 280 * 280 and 0 < sizes[1] <= PREPARE_PIXELS
+
+
+def test_concurrent_requests_share_one_model_call(tiny_model_path, mnist, monkeypatch):
+    """Requests that reach the model within one turn of the event loop run through the network as one
+    batch (Batcher), each still answered with its own record; a request alone is a batch of one."""
+    import digitlab
+    from digitlab.modelfile import DigitModel
+
+    batches = []
+    real = DigitModel.forward
+
+    def counted(self, images, batch_size=1024):
+        batches.append(len(images))
+        return real(self, images, batch_size)
+
+    monkeypatch.setattr(DigitModel, "forward", counted)
+    app = create_app(digitlab.load(tiny_model_path))
+    digits = mnist.test_images[:8]
+
+    async def burst():
+        async with _asgi(app) as c:
+            alone = await c.post("/api/predict", json={"pixels": digits[0].tolist()})
+            together = await asyncio.gather(*(c.post("/api/predict", json={"pixels": d.tolist()}) for d in digits))
+            return alone, together
+
+    alone, together = asyncio.run(burst())
+    assert batches[0] == 1 and sum(batches[1:]) == 8 and len(batches) < 9, batches
+    assert alone.json() == together[0].json()
+    assert [r.json()["input"] for r in together] == [d.tolist() for d in digits]
+
+
+def test_batches_are_cut_at_max_batch_and_failures_reach_every_request(tiny_model_path, mnist, monkeypatch):
+    """A Batcher never runs more than max_batch pictures at once, answers each request its own records,
+    and a batch whose model call fails raises that error in every request of it."""
+    import digitlab
+    import digitlab.serve.app as serve_app
+    from digitlab.modelfile import DigitModel
+
+    model = digitlab.load(tiny_model_path)
+    prepared = [prepare(d) for d in mnist.test_images[:8]]
+    batches = []
+    real = DigitModel.forward
+
+    def counted(self, images, batch_size=1024):
+        batches.append(len(images))
+        return real(self, images, batch_size)
+
+    monkeypatch.setattr(DigitModel, "forward", counted)
+
+    async def eight(batcher):
+        return await asyncio.gather(*(batcher.records([p], [f"d{i}"]) for i, p in enumerate(prepared)),
+                                    return_exceptions=True)
+
+    answers = asyncio.run(eight(serve_app.Batcher(model, max_batch=3)))
+    assert max(batches) <= 3 and sum(batches) == 8
+    assert [a[0]["source"] for a in answers] == [f"d{i}" for i in range(8)]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("model failed")
+
+    monkeypatch.setattr(serve_app, "predict_records", broken)
+    answers = asyncio.run(eight(serve_app.Batcher(model)))
+    assert all(isinstance(a, RuntimeError) for a in answers)

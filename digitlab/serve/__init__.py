@@ -17,6 +17,9 @@ LARGE_PICTURE = 2_000_000
 # Larger ones (a 280x280 canvas: ~3 ms) go to the decode threads, where the decoding, OpenCV and the model
 # release the GIL and use the second core: inline canvases answered fewer per second under wrk.
 INLINE_PIXELS = 4096
+# The model call is batched across the requests that reach it together (app.Batcher); a batch waits at most
+# this long for more pictures once its first has arrived (and never past the event loop's turn).
+BATCH_WINDOW_S = 0.002
 QUEUE_WAIT_S = 2.0  # how long a request waits for a free decode slot before 503 (Retry-After: 1)
 HEADER_TIMEOUT_S = 10  # a connection must send a whole request head within this (also closes idle keep-alives)
 BODY_TIMEOUT_S = 20  # ... and its whole body within this after the head (408 after)
