@@ -73,3 +73,19 @@ def run_cli(*args: str, check: bool = False, **kw) -> subprocess.CompletedProces
     if check and proc.returncode != 0:
         raise AssertionError(f"digitlab {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+@pytest.fixture
+def forward_calls(monkeypatch) -> list[int]:
+    """The batch size of every DigitModel.forward call (the network's one door) made during the test."""
+    from digitlab.modelfile import DigitModel
+
+    calls: list[int] = []
+    real = DigitModel.forward
+
+    def counted(self, images, batch_size=1024):
+        calls.append(len(images))
+        return real(self, images, batch_size)
+
+    monkeypatch.setattr(DigitModel, "forward", counted)
+    return calls

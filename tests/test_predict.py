@@ -117,25 +117,18 @@ def test_cli_text_says_the_state_in_words(models, pictures, tmp_path):
     assert "letter.png: not a digit" in text
 
 
-def test_energy_calibration_scores_the_logits_of_the_same_pass(models, pictures, monkeypatch):
+def test_energy_calibration_scores_the_logits_of_the_same_pass(models, pictures, forward_calls):
     """An energy calibration gets its logits from the pass that gives the probabilities (DigitModel.forward
     gives both): one forward pass per call, and the score is the energy of those logits (a threshold just
     above a picture's energy rejects it)."""
     from digitlab import trust
     from digitlab.images import decode
-    from digitlab.modelfile import DigitModel
 
     model = digitlab.load(models["accept"])
     prepared = [prepare(decode(io.BytesIO(pictures["digit"])))]
     energy = float(trust.energy_score(model.logits(prepared[0].image[None]))[0])
-    calls = []
-    real = DigitModel.forward
-
-    def counted(self, images, batch_size=1024):
-        calls.append(len(images))
-        return real(self, images, batch_size)
-
-    monkeypatch.setattr(DigitModel, "forward", counted)
+    calls = forward_calls
+    calls.clear()  # the energy above was one pass too
     for threshold, status in ((energy - 1e-3, "digit"), (energy + 1e-3, "not_a_digit")):
         model.metadata["calibration"] = {**ACCEPT_ALL, "threshold": threshold}
         assert predict_records(model, prepared, ["d"])[0]["status"] == status

@@ -524,20 +524,12 @@ def test_plain_png_uploads_reach_prepare_within_its_pixel_bound(tiny_model_path,
     assert sizes[0] == 280 * 280 and 0 < sizes[1] <= PREPARE_PIXELS
 
 
-def test_concurrent_requests_share_one_model_call(tiny_model_path, mnist, monkeypatch):
+def test_concurrent_requests_share_one_model_call(tiny_model_path, mnist, forward_calls):
     """Requests that reach the model within one turn of the event loop run through the network as one
     batch (Batcher), each still answered with its own record; a request alone is a batch of one."""
     import digitlab
-    from digitlab.modelfile import DigitModel
 
-    batches = []
-    real = DigitModel.forward
-
-    def counted(self, images, batch_size=1024):
-        batches.append(len(images))
-        return real(self, images, batch_size)
-
-    monkeypatch.setattr(DigitModel, "forward", counted)
+    batches = forward_calls
     app = create_app(digitlab.load(tiny_model_path))
     digits = mnist.test_images[:8]
 
@@ -553,23 +545,16 @@ def test_concurrent_requests_share_one_model_call(tiny_model_path, mnist, monkey
     assert [r.json()["input"] for r in together] == [d.tolist() for d in digits]
 
 
-def test_batches_are_cut_at_max_batch_and_failures_reach_every_request(tiny_model_path, mnist, monkeypatch):
+def test_batches_are_cut_at_max_batch_and_failures_reach_every_request(tiny_model_path, mnist, monkeypatch,
+                                                                       forward_calls):
     """A Batcher never runs more than max_batch pictures at once, answers each request its own records,
     and a batch whose model call fails raises that error in every request of it."""
     import digitlab
     import digitlab.serve.app as serve_app
-    from digitlab.modelfile import DigitModel
 
     model = digitlab.load(tiny_model_path)
     prepared = [prepare(d) for d in mnist.test_images[:8]]
-    batches = []
-    real = DigitModel.forward
-
-    def counted(self, images, batch_size=1024):
-        batches.append(len(images))
-        return real(self, images, batch_size)
-
-    monkeypatch.setattr(DigitModel, "forward", counted)
+    batches = forward_calls
 
     async def eight(batcher):
         return await asyncio.gather(*(batcher.records([p], [f"d{i}"]) for i, p in enumerate(prepared)),
