@@ -95,7 +95,20 @@ def run_wrk(wrk: str, script: str, workdir: Path, url: str, connections: int, se
     threads = min(connections, max(1, (os.cpu_count() or 2) // 2))
     out = subprocess.run([wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "-s", "script.lua", url],
                          cwd=workdir, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    return wrk_summary(out)
+
+
+def wrk_summary(out: str) -> dict:
+    """The JSON line that PNG_LUA/JSON_LUA's done() hook prints among wrk's own output."""
     return json.loads(next(line for line in out.splitlines() if line.startswith("{")))
+
+
+def find_wrk() -> str:
+    """wrk's path, or exit with the package to install."""
+    wrk = shutil.which("wrk")
+    if not wrk:
+        raise SystemExit("wrk not found: install the Debian package `wrk`")
+    return wrk
 
 
 def main() -> None:
@@ -106,9 +119,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--data-dir", help="MNIST folder (default: $DIGITLAB_DATA_DIR, then the cache)")
     args = ap.parse_args()
-    wrk = shutil.which("wrk")
-    if not wrk:
-        raise SystemExit("wrk not found: install the Debian package `wrk`")
+    wrk = find_wrk()
     digit = load_mnist(args.data_dir).test_images[0]
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "digitlab", "serve", args.model, "--port", str(port),

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -27,7 +25,7 @@ import time
 from pathlib import Path
 
 from _machine import machine_line
-from load import PNG_LUA, free_port, wait_healthy
+from load import PNG_LUA, find_wrk, free_port, wait_healthy, wrk_summary
 from PIL import Image
 
 from digitlab.data import load_mnist
@@ -86,7 +84,7 @@ def siege(port: int, wrk: str, workdir: Path, idle: int, busy: int, seconds: flo
         for s in sockets:
             s.close()
     return {"health": sorted(times), "failed": failed, "idle_open": left_open,
-            "wrk": json.loads(next(line for line in out.splitlines() if line.startswith("{")))}
+            "wrk": wrk_summary(out)}
 
 
 def main() -> None:
@@ -98,9 +96,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--data-dir", help="MNIST folder (default: $DIGITLAB_DATA_DIR, then the cache)")
     args = ap.parse_args()
-    wrk = shutil.which("wrk")
-    if not wrk:
-        raise SystemExit("wrk not found: install the Debian package `wrk`")
+    wrk = find_wrk()
     if args.seconds > HEADER_TIMEOUT_S - 2:
         raise SystemExit(f"--seconds: at most {HEADER_TIMEOUT_S - 2:g} (idle connections close after "
                          f"{HEADER_TIMEOUT_S} s)")

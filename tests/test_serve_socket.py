@@ -23,6 +23,9 @@ from PIL import Image, ImageDraw
 from digitlab.serve import HEADER_TIMEOUT_S
 from tests.test_serve import huge_rgba_png
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from siege import still_open  # noqa: E402  (benchmarks are scripts: their folder is not a package)
+
 HOST = "127.0.0.1"
 
 
@@ -220,20 +223,6 @@ def _png(im: Image.Image, draw: bool = False) -> bytes:
     return buf.getvalue()
 
 
-def _open_count(sockets: list[socket.socket]) -> int:
-    """How many of sockets the server has not closed (a non-blocking read finds no EOF)."""
-    n = 0
-    for s in sockets:
-        s.setblocking(False)
-        try:
-            n += s.recv(1) != b""
-        except BlockingIOError:
-            n += 1
-        except OSError:
-            pass
-    return n
-
-
 async def _keep_busy(port: int, connections: int, raw: bytes, stop: threading.Event, opened: threading.Event,
                      statuses: list[bytes]) -> None:
     """connections kept-alive connections, each sending raw again as soon as its answer is in (so each has
@@ -283,7 +272,7 @@ def test_health_answers_under_siege(server):
         busy.start()
         assert opened.wait(30), "the 200 busy connections did not open"
         time.sleep(0.5)
-        assert _open_count(idle) == len(idle), "idle connections closed before the probes began"
+        assert still_open(idle) == len(idle), "idle connections closed before the probes began"
         for _ in range(40):
             t = time.perf_counter()
             assert get(server.port).startswith(b"HTTP/1.1 200")
@@ -293,7 +282,7 @@ def test_health_answers_under_siege(server):
         time.sleep(0.2)
         assert len(statuses) > still_busy, "the busy connections stopped being answered"
         if time.monotonic() - idle_since < HEADER_TIMEOUT_S - 1:  # (on a loaded machine the probes take longer)
-            assert _open_count(idle) == len(idle), "idle connections closed before the probes ended"
+            assert still_open(idle) == len(idle), "idle connections closed before the probes ended"
     finally:
         stop.set()
         busy.join(60)
