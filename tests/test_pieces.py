@@ -52,3 +52,13 @@ def test_trained_verifier_file(piece_verifier_path):
     assert verifier.classes == PIECE_CLASSES
     training = verifier.metadata["training"]
     assert training["train_digits"] == [0, 50_000] and training["held_out_accuracy"] > 0.8
+
+
+@pytest.mark.slow  # a CLI subprocess
+def test_cli_read_refuses_a_digit_model_as_verifier(tiny_model_path, tmp_path):
+    from tests.conftest import run_cli
+
+    page = tmp_path / "n.png"
+    page.write_bytes(bytes.fromhex("89504e470d0a1a0a"))  # refused before any picture is read
+    proc = run_cli("read", tiny_model_path, page, "--pieces", tiny_model_path)
+    assert proc.returncode == 2 and "not a piece verifier" in proc.stderr
