@@ -57,11 +57,11 @@ def trained_model(trained_model_path):
 
 @pytest.fixture(scope="session")
 def piece_verifier_path(tmp_path_factory, mnist_dir) -> Path:
-    """A piece verifier (digitlab.pieces) trained briefly: pieces of 600 synthetic numbers, 3 epochs."""
+    """A piece verifier (digitlab.pieces) trained briefly: pieces of 400 synthetic numbers, 3 epochs."""
     from digitlab.pieces import train_verifier
 
     out = tmp_path_factory.mktemp("pieces") / "mnist.pieces.safetensors"
-    train_verifier(out, strings=600, epochs=3, seed=0, data_dir=str(mnist_dir))
+    train_verifier(out, strings=400, epochs=3, seed=0, data_dir=str(mnist_dir))
     return out
 
 
