@@ -8,7 +8,10 @@ Strict accuracy: the whole string right. Per-digit accuracy: digits right in pla
 the wrong number of digits counts each digit of the truth that is not where the reading has it).
 Time: digitlab's ms per 6-digit number (one picture at a time, this process, as `digitlab read` runs it).
 
-    python benchmarks/read_numbers.py MODEL [--n 300] [--seed 0] [--no-tesseract]
+    python benchmarks/read_numbers.py MODEL [--n 300] [--seed 0] [--no-tesseract] [--pieces FILE | --no-pieces]
+
+With a piece verifier (digitlab.pieces: --pieces FILE, or MODEL.pieces.safetensors beside the model)
+the reader uses it, as `digitlab read` does.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from _machine import machine_line  # noqa: E402
 
 import digitlab  # noqa: E402
 from digitlab.data import load_mnist  # noqa: E402
+from digitlab.pieces import find_verifier  # noqa: E402
 from digitlab.synth import SPACINGS, number_picture  # noqa: E402
 
 TESSERACT = ["--psm", "7", "-c", "tessedit_char_whitelist=0123456789"]
@@ -59,16 +63,16 @@ def cases(images: np.ndarray, labels: np.ndarray, n: int, seed: int):
         yield spacing, "".join(str(v) for v in labels[idx]), picture
 
 
-def ms_per_six(model, images: np.ndarray, seed: int, repeats: int = 30) -> float:
+def ms_per_six(model, images: np.ndarray, seed: int, repeats: int = 30, pieces=None) -> float:
     """Median ms for digitlab.read of one 6-digit number (narrow gaps), after a warm-up."""
     rng = np.random.default_rng(seed + 1)
     pictures = [number_picture(images[rng.choice(len(images), 6, replace=False)], rng, "narrow")[0]
                 for _ in range(repeats)]
-    digitlab.read(model, pictures[0])
+    digitlab.read(model, pictures[0], pieces=pieces)
     times = []
     for p in pictures:
         t = time.perf_counter()
-        digitlab.read(model, p)
+        digitlab.read(model, p, pieces=pieces)
         times.append(time.perf_counter() - t)
     return 1000 * float(np.median(times))
 
@@ -80,15 +84,18 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-tesseract", action="store_true", help="digitlab only")
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--pieces", default=None, help="a piece verifier (default: MODEL.pieces.safetensors if there)")
+    ap.add_argument("--no-pieces", action="store_true", help="read without a piece verifier")
     args = ap.parse_args()
     model = digitlab.load(args.model)
+    verifier = None if args.no_pieces else find_verifier(args.model, args.pieces)
     data = load_mnist(args.data_dir)
     peer = not args.no_tesseract and shutil.which("tesseract") is not None
     # [reader][group] -> [strings right, strings, digits right, digits]
     tally: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0, 0, 0]))
     with tempfile.TemporaryDirectory() as tmp:
         for spacing, truth, picture in cases(data.test_images, data.test_labels, args.n, args.seed):
-            readings = {"digitlab": digitlab.read(model, picture)["text"]}
+            readings = {"digitlab": digitlab.read(model, picture, pieces=verifier)["text"]}
             if peer:
                 readings["tesseract"] = tesseract(picture, Path(tmp))
             for reader, text in readings.items():
@@ -101,7 +108,7 @@ def main() -> None:
     readers = list(tally)
     groups = [*SPACINGS, *(f"{k} digits" for k in range(2, 9)), "all"]
     print(f"Reading numbers: {args.n} strings of 2-8 MNIST test digits (seed {args.seed}), "
-          f"model {Path(args.model).name}")
+          f"model {Path(args.model).name}, piece verifier {'yes' if verifier else 'none'}")
     print("| strings | n | " + " | ".join(f"{r} strict | {r} per digit" for r in readers) + " |")
     print("|---|---:|" + "---:|---:|" * len(readers))
     for g in groups:
@@ -110,7 +117,7 @@ def main() -> None:
             s_ok, s_n, d_ok, d_n = tally[r][g]
             cells += [f"{100 * s_ok / max(s_n, 1):.1f}%", f"{100 * d_ok / max(d_n, 1):.1f}%"]
         print(f"| {g} | {tally[readers[0]][g][1]} | " + " | ".join(cells) + " |")
-    print(f"digitlab: {ms_per_six(model, data.test_images, args.seed):.1f} ms per 6-digit number "
+    print(f"digitlab: {ms_per_six(model, data.test_images, args.seed, pieces=verifier):.1f} ms per 6-digit number "
           "(median of 30, one at a time)")
     print(machine_line("opencv-python-headless", "onnxruntime"))
 

@@ -23,12 +23,13 @@ def load(path: str) -> DigitModel:
     return _load(path)
 
 
-def read(model: DigitModel, picture: Any, source: str = "picture") -> dict[str, Any]:
+def read(model: DigitModel, picture: Any, source: str = "picture", pieces: DigitModel | None = None) -> dict[str, Any]:
     """Read the number (several digits, left to right) in one picture: a PIL image or a NumPy array
-    (H, W) grey or (H, W, 3|4) RGB(A). Returns {"source", "status", "text", "digits"}; see digitlab.reading.read."""
+    (H, W) grey or (H, W, 3|4) RGB(A). pieces: a piece verifier (digitlab.pieces.load_verifier) or None.
+    Returns {"source", "status", "text", "digits"}; see digitlab.reading.read."""
     from digitlab.reading import read as _read  # here: keeps `import digitlab` light
 
-    return _read(model, picture, source)
+    return _read(model, picture, source, pieces)
 
 
 def train(config: TrainConfig | None = None, **overrides: Any) -> DigitModel:

@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="image files or folders of images")
     p.add_argument("--json", action="store_true", help="print a JSON list of records")
+    p.add_argument("--pieces", metavar="FILE", default=None,
+                   help="a piece verifier (python -m digitlab.pieces); default: MODEL.pieces.safetensors if it exists")
 
     p = sub.add_parser("explain", help="where the evidence for each answer lies (attribution maps)")
     p.add_argument("model", metavar="MODEL")
@@ -310,10 +312,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_read(args: argparse.Namespace) -> int:
     """`digitlab read MODEL SOURCE...`: whole numbers, one record per picture; exit 1 if any failed."""
     from digitlab.modelfile import load
+    from digitlab.pieces import find_verifier
     from digitlab.reading import read_file
 
     model = load(args.model)
-    entries = _each_source(args.sources, lambda path: read_file(model, path, source=str(path)))
+    verifier = find_verifier(args.model, args.pieces)
+    entries = _each_source(args.sources, lambda path: read_file(model, path, source=str(path), pieces=verifier))
     records = [e.result for e in entries if e.error is None]
     if args.json:
         print(json.dumps(_every_record(entries, records)))

@@ -156,27 +156,44 @@ def number_picture(digits: np.ndarray, rng: np.random.Generator, spacing: str = 
     jittered, the line slanted (shear +-0.15), enlarged by a factor in `scale`, dark ink on paper with
     a light gradient and photo noise. Returns float32 (H, W) grey 0..1 and each digit's ink box
     [x0, y0, x1, y1] in the picture's pixels (before the slant; x1, y1 exclusive)."""
+    picture, boxes, _ = number_picture_owners(digits, rng, spacing, scale, owners=False)
+    return picture, boxes
+
+
+def number_picture_owners(digits: np.ndarray, rng: np.random.Generator, spacing: str = "wide",
+                          scale: tuple[float, float] = (2.0, 3.0), owners: bool = True
+                          ) -> tuple[np.ndarray, list[list[int]], np.ndarray | None]:
+    """number_picture (the same picture for the same generator state) and, with owners, which digit's ink
+    each pixel holds: int16 (H, W), the digit's index in `digits` where its ink is the strongest there
+    (coverage over 0.1), -1 on paper. Used to label the pieces a reader cuts (digitlab.pieces)."""
     lo, hi = SPACINGS[spacing]
     strip = np.zeros((48, 40 * len(digits) + 16), np.float32)
+    owner = np.full(strip.shape, -1, np.int16)
     x, spans = 8, []
-    for d in digits:
+    for i, d in enumerate(digits):
         f = rng.uniform(0.85, 1.15)
         ink = cv2.resize(d.astype(np.float32) / 255.0, None, fx=f, fy=f, interpolation=cv2.INTER_LINEAR).clip(0, 1)
         rows, cols = np.flatnonzero(ink.max(axis=1) > 0.1), np.flatnonzero(ink.max(axis=0) > 0.1)
         ink = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
         y = 40 - ink.shape[0] + int(rng.integers(-2, 3))  # the foot of the digit on a jittered baseline
         region = strip[y:y + ink.shape[0], x:x + ink.shape[1]]
+        owner[y:y + ink.shape[0], x:x + ink.shape[1]][(ink > 0.1) & (ink > region)] = i
         np.maximum(region, ink, out=region)
         spans.append([x, y, x + ink.shape[1], y + ink.shape[0]])
         x += ink.shape[1] + int(rng.integers(lo, hi + 1))
-    strip = strip[:, :max(s[2] for s in spans) + 8]
+    strip, owner = strip[:, :max(s[2] for s in spans) + 8], owner[:, :max(s[2] for s in spans) + 8]
     shear = rng.uniform(-0.15, 0.15)
     h, w = strip.shape
-    strip = cv2.warpAffine(strip, np.float32([[1, shear, -shear * h / 2], [0, 1, 0]]), (w, h))
+    slant = np.float32([[1, shear, -shear * h / 2], [0, 1, 0]])
+    strip = cv2.warpAffine(strip, slant, (w, h))
     k = rng.uniform(*scale)
     size = (round(w * k), round(h * k))
     cover = cv2.resize(strip, size, interpolation=cv2.INTER_CUBIC).clip(0, 1)
     paper = rng.uniform(0.75, 0.95) * (1 - rng.uniform(0, 0.25) * np.linspace(0, 1, size[0])[None, :])
     out = paper * (1 - cover) + rng.uniform(0.05, 0.2) * cover + rng.normal(0, rng.uniform(0.005, 0.03), cover.shape)
     boxes = [[round(a * k) for a in s] for s in spans]
-    return np.clip(out, 0, 1).astype(np.float32), boxes
+    owned = None
+    if owners:
+        moved = cv2.warpAffine(owner, slant, (w, h), flags=cv2.INTER_NEAREST, borderValue=-1)
+        owned = cv2.resize(moved, size, interpolation=cv2.INTER_NEAREST)
+    return np.clip(out, 0, 1).astype(np.float32), boxes, owned

@@ -13,7 +13,7 @@ from digitlab.data import load_mnist
 from digitlab.training import train
 
 # Fixtures that train on the full MNIST training set: every test using one is slow (see below).
-FULL_TRAINING_FIXTURES = {"trained_model_path", "trained_model"}
+FULL_TRAINING_FIXTURES = {"trained_model_path", "trained_model", "piece_verifier_path", "piece_verifier"}
 # The shared trained model's settings (with the `fast` recipe's optimizer and schedule): the former `fast`.
 FIXTURE_NET = dict(arch="small", batch_size=128, lr=5e-3, beta1=0.9, beta2=0.999, label_smoothing=0.0)
 
@@ -56,6 +56,23 @@ def trained_model(trained_model_path):
     import digitlab
 
     return digitlab.load(trained_model_path)
+
+
+@pytest.fixture(scope="session")
+def piece_verifier_path(tmp_path_factory, mnist_dir) -> Path:
+    """A piece verifier (digitlab.pieces) trained briefly: pieces of 400 synthetic numbers, 3 epochs."""
+    from digitlab.pieces import train_verifier
+
+    out = tmp_path_factory.mktemp("pieces") / "mnist.pieces.safetensors"
+    train_verifier(out, strings=400, epochs=3, seed=0, data_dir=str(mnist_dir))
+    return out
+
+
+@pytest.fixture(scope="session")
+def piece_verifier(piece_verifier_path):
+    from digitlab.pieces import load_verifier
+
+    return load_verifier(piece_verifier_path)
 
 
 @pytest.fixture(scope="session")
