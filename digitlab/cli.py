@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="server processes (each loads its own model copy and takes a share of the cores)")
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="also accept this Host header name (repeatable; default: loopback names only)")
+    p.add_argument("--pieces", metavar="FILE", default=None,
+                   help="the piece verifier /api/read uses; default: MODEL.pieces.safetensors if it exists")
 
     p = sub.add_parser("import-keras", help="convert a Keras .h5/.keras file of the tutorial's network")
     p.add_argument("file", metavar="FILE")
@@ -388,7 +390,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise DigitlabError(f"--workers {args.workers}: expected 1 or more")
     run(args.model, host=args.host, port=args.port, max_upload=args.max_upload, workers=args.workers,
-        allow_hosts=args.allow_host)
+        allow_hosts=args.allow_host, pieces=args.pieces)
     return 0
 
 

@@ -570,3 +570,39 @@ def test_batches_are_cut_at_max_batch_and_failures_reach_every_request(tiny_mode
     monkeypatch.setattr(serve_app, "predict_records", broken)
     answers = asyncio.run(eight(serve_app.Batcher(model)))
     assert all(isinstance(a, RuntimeError) for a in answers)
+
+
+def test_read_uses_the_model_files_piece_verifier(tmp_path, tiny_model_path, monkeypatch):
+    """/api/read reads with the piece verifier beside the model file (MODEL.pieces.safetensors) or the one
+    named, as `digitlab read` does; /api/model says whether one is loaded; a digit model given as the
+    verifier is refused when the app is made."""
+    import shutil
+
+    import digitlab.serve.app as serve_app
+    from digitlab import modelfile
+    from digitlab.errors import ModelFileError
+    from digitlab.model import ArchConfig, build_torch
+    from digitlab.pieces import PIECE_CLASSES, companion_path
+
+    cfg = ArchConfig(classes=len(PIECE_CLASSES))
+    weights = {k: v.detach().numpy() for k, v in build_torch(cfg).state_dict().items()}
+    model = shutil.copy(tiny_model_path, tmp_path / "m.safetensors")
+    modelfile.save(companion_path(model), weights, {"architecture": "tutorial", "arch_config": cfg.to_dict(),
+                                                     "dataset": "mnist", "classes": PIECE_CLASSES})
+    seen = []
+    real = serve_app.read
+
+    def spy(m, picture, source, pieces=None):
+        seen.append(pieces)
+        return real(m, picture, source, pieces=pieces)
+
+    monkeypatch.setattr(serve_app, "read", spy)
+    digit = np.zeros((28, 28), np.uint8)
+    digit[6:22, 13:15] = 255
+    for app, loaded in ((create_app(model), True), (create_app(tiny_model_path), False)):
+        c = TestClient(app, base_url="http://localhost")
+        assert c.get("/api/model").json()["piece_verifier"] is loaded
+        assert c.post("/api/read", json={"pixels": digit.tolist()}).status_code == 200
+        assert (seen.pop() is not None) is loaded and (not loaded or seen == [])
+    with pytest.raises(ModelFileError, match="not a piece verifier"):
+        create_app(model, pieces=tiny_model_path)

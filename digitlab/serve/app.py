@@ -372,11 +372,11 @@ def _reduced(picture: Any) -> Any:
     return reduce_picture(picture, factor)  # (bilevel, palette and 16-bit widened first, as in decoding)
 
 
-def _read_reduced(model: DigitModel, picture: Any, job: Job) -> dict[str, Any]:
+def _read_reduced(model: DigitModel, picture: Any, job: Job, pieces: DigitModel | None = None) -> dict[str, Any]:
     """read() on the picture reduced as for prepare (_reduced), its boxes in the sent picture's own pixels
-    (a file's as it declares them: load_image decodes big files reduced)."""
+    (a file's as it declares them: load_image decodes big files reduced); pieces: the piece verifier."""
     small = _reduced(picture)
-    record = read(model, small, job.name)
+    record = read(model, small, job.name, pieces=pieces)
     size = (np.shape(small)[1], np.shape(small)[0]) if isinstance(small, np.ndarray) else small.size
     original = file_size(job.data) if job.data is not None else None
     if original is None:
@@ -570,7 +570,7 @@ def _add_error_handlers(app: FastAPI, body_timeout: float) -> None:
         return Response(status_code=400)  # nobody is listening: no answer, and no traceback in the log
 
 
-def _add_model_routes(app: FastAPI, model: DigitModel, max_request_pixels: int) -> None:
+def _add_model_routes(app: FastAPI, model: DigitModel, max_request_pixels: int, pieces: DigitModel | None) -> None:
     """The endpoints that run the model. The answers are built by our own code, so they go out as plain
     JSON: re-validating 784 pixel values per answer against the response model would cost more than the
     inference itself."""
@@ -612,7 +612,8 @@ def _add_model_routes(app: FastAPI, model: DigitModel, max_request_pixels: int) 
         jobs = await _read_jobs(request, batch=False)
 
         def work() -> dict[str, Any]:
-            found = _prepare_all(jobs, max_request_pixels, lambda picture, job: _read_reduced(model, picture, job))[0]
+            found = _prepare_all(jobs, max_request_pixels,
+                                 lambda picture, job: _read_reduced(model, picture, job, pieces))[0]
             if isinstance(found, BadInput):
                 raise found
             return found
@@ -640,12 +641,20 @@ def _add_page_routes(app: FastAPI, info: dict[str, Any]) -> None:
 def create_app(model: DigitModel | str | Path, max_upload: int = MAX_UPLOAD,
                allowed_hosts: tuple[str, ...] | list[str] = LOOPBACK_HOSTS, slots: int | None = None,
                queue_wait: float = QUEUE_WAIT_S, max_request_pixels: int = MAX_REQUEST_PIXELS,
-               body_timeout: float = BODY_TIMEOUT_S) -> FastAPI:
+               body_timeout: float = BODY_TIMEOUT_S, pieces: DigitModel | str | Path | None = None) -> FastAPI:
     """The ASGI app for a model (or a model file path).
 
     max_upload: bytes per request body; allowed_hosts: Host header names accepted (port stripped; "*" for
     any); slots: decodes at once (default: one per core); queue_wait: seconds a request waits for a slot
-    before 503; max_request_pixels: decoded pixels per request; body_timeout: seconds for a body."""
+    before 503; max_request_pixels: decoded pixels per request; body_timeout: seconds for a body;
+    pieces: the piece verifier /api/read uses (digitlab.pieces; a file path), else the model file's
+    companion MODEL.pieces.safetensors when the model is given as a path and one is beside it."""
+    from digitlab.pieces import find_verifier, load_verifier
+
+    if isinstance(pieces, (str, Path)):
+        pieces = load_verifier(pieces)
+    elif pieces is None and not isinstance(model, DigitModel):
+        pieces = find_verifier(model)
     model = model if isinstance(model, DigitModel) else load(model)
     model.onnx_threads = 1  # one picture per request: a second inference thread only spins (DigitModel)
     app = FastAPIOffline(title="digitlab", version=__version__, max_body_size=max_upload,
@@ -661,8 +670,8 @@ def create_app(model: DigitModel | str | Path, max_upload: int = MAX_UPLOAD,
     app.state.batcher = Batcher(model)
     _add_openapi_forms(app)
     _add_error_handlers(app, body_timeout)
-    _add_model_routes(app, model, max_request_pixels)
-    _add_page_routes(app, _model_info(model, max_upload))
+    _add_model_routes(app, model, max_request_pixels, pieces)
+    _add_page_routes(app, {**_model_info(model, max_upload), "piece_verifier": pieces is not None})
     return app
 
 
@@ -690,7 +699,7 @@ def _allow_open_files(wanted: int) -> int:
 
 def run(model_path: str, host: str = "127.0.0.1", port: int = 8000, max_upload: int = MAX_UPLOAD,
         workers: int = 1, allow_hosts: list[str] | None = None, header_timeout: float = HEADER_TIMEOUT_S,
-        body_timeout: float = BODY_TIMEOUT_S) -> None:
+        body_timeout: float = BODY_TIMEOUT_S, pieces: str | None = None) -> None:
     """Serve the app with Granian until interrupted. Each worker is a process with its own copy of the
     model and its own decode slots (the cores shared out between workers); allow_hosts adds Host names;
     header_timeout and body_timeout are seconds (the head's also closes idle keep-alive connections)."""
@@ -700,13 +709,17 @@ def run(model_path: str, host: str = "127.0.0.1", port: int = 8000, max_upload: 
     from granian.constants import HTTPModes, Interfaces
     from granian.http import HTTP1Settings
 
+    from digitlab.pieces import find_verifier
+
     load(model_path)  # a bad model file is one clear error here, not one per worker
+    find_verifier(model_path, pieces)  # and so is a bad verifier
     hosts = [*LOOPBACK_HOSTS, *(allow_hosts or [])]
     if host not in ("0.0.0.0", "::", "127.0.0.1", "::1"):
         hosts.append(f"[{host}]" if ":" in host else host)
     os.environ[SETTINGS_ENV] = json.dumps({
         "model": str(Path(model_path).resolve()), "max_upload": max_upload, "allowed_hosts": hosts,
-        "slots": max(1, (os.cpu_count() or 1) // workers), "body_timeout": body_timeout})
+        "slots": max(1, (os.cpu_count() or 1) // workers), "body_timeout": body_timeout,
+        "pieces": None if pieces is None else str(Path(pieces).resolve())})
     print(f"digitlab serving {model_path} on http://{host}:{port}/  (API docs: /docs; {workers} worker(s))",
           flush=True)
     connections = _allow_open_files(MAX_CONNECTIONS * workers + 256) // workers - 64
