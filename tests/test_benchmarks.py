@@ -54,6 +54,7 @@ def test_prepare_benchmark_peak_is_the_childs_own(tmp_path):
     assert bench.child_peak_mb("x", code=bench.PEAK.replace("p = prepare(decode(sys.argv[1]))", "")) < 150
 
 
+@pytest.mark.slow  # a subprocess importing OpenCV and the model (~2 s)
 def test_feature_scores_needs_a_validation_split(tmp_path, tiny_model_path):
     """Thresholds come from the validation split, never from the test set: a model without one is refused."""
     proc = run_benchmark("feature_scores.py", str(tiny_model_path), home=tmp_path)
@@ -68,6 +69,7 @@ def test_record_without_data_a_message_not_a_traceback(tmp_path):
     assert "not available offline" in last and "DIGITLAB_DATA_DIR" in last and "record.py: " in proc.stderr
 
 
+@pytest.mark.slow  # trains twice on 512 images in a subprocess (~4 s)
 def test_record_dry_run(tmp_path, mnist_dir):
     """benchmarks/record.py end to end on 512 images (2 steps of the fast recipe's 256) and 100 test images:
     the machine, torch, the seeds, a warm-up not counted, a line per seed, mean +- std; no results file."""
