@@ -103,7 +103,7 @@ def read(model: Any, picture: Any, source: str = "picture", pieces: Any = None) 
     status = "ok" if marks else "empty"
     if len(marks) > MAX_MARKS:
         status, marks = "too_many_marks", marks[:MAX_MARKS]
-    digits, boxes = _read_marks(model, ink, marks, pieces) if marks else ([], [])
+    digits, boxes = _read_marks(model, ink, marks, pieces, scale) if marks else ([], [])
     boxes = [_original_box(b, scale, w, h) for b in boxes]
     separators = [(s, _original_box(b, scale, w, h)) for s, b in _separators(ink, marks)]
     return _record(model, source, status, digits, boxes, separators)
@@ -171,7 +171,7 @@ def _mark_ink(ink: np.ndarray, mark: list[Box]) -> tuple[np.ndarray, Box]:
     return np.where(keep, region, 0), box
 
 
-def _read_marks(model: Any, ink: np.ndarray, marks: list[list[Box]], verifier: Any = None
+def _read_marks(model: Any, ink: np.ndarray, marks: list[list[Box]], verifier: Any = None, scale: float = 1.0
                 ) -> tuple[list[tuple[int, float]], list[Box]]:
     """The digits in the marks, left to right: (digit, probability) and each digit's working-scale box.
     Every mark is read whole first; one in doubt (_in_doubt) is over-cut along its candidate cut paths
@@ -182,11 +182,11 @@ def _read_marks(model: Any, ink: np.ndarray, marks: list[list[Box]], verifier: A
     (digitlab.pieces), its (12,) probabilities for each piece join the score and the doubt."""
     crops = [_mark_ink(ink, m) for m in marks]
     line = float(np.median([c.shape[0] for c, _ in crops]))  # the line's digit height
-    images = [to_28x28(c) for c, _ in crops]
+    images = [to_28x28(c, max(c.shape) * scale) for c, _ in crops]  # scale: picture px per working px
     wholes = _outputs(model, images)
     checks = _checks(verifier, images)
     sure = _sure_probability(model)
-    lattices = [_lattice(crop, box, max(crop.shape[0], line)) if _in_doubt(q, box, line, v, sure)
+    lattices = [_lattice(crop, box, max(crop.shape[0], line), scale) if _in_doubt(q, box, line, v, sure)
                 else (2, {}, [0.0, 0.0]) for (crop, box), (q, _), v in zip(crops, wholes, checks, strict=True)]
     cut = [image for _, pieces, _ in lattices for image, _ in pieces.values()]
     outputs = iter(_outputs(model, cut))
@@ -256,11 +256,12 @@ def _in_doubt(q: np.ndarray, box: Box, line: float, v: np.ndarray | None = None,
     return w > DOUBT_ASPECT * max(h, line) or float(q[k]) < sure or abs(z) > DOUBT_Z
 
 
-def _lattice(crop: np.ndarray, box: Box, h: float) -> tuple[int, dict[tuple[int, int], tuple[np.ndarray, Box]],
-                                                             list[float]]:
+def _lattice(crop: np.ndarray, box: Box, h: float, scale: float = 1.0
+             ) -> tuple[int, dict[tuple[int, int], tuple[np.ndarray, Box]], list[float]]:
     """A mark over-cut: its cut paths (the mark's left and right edges among them, n in all), the pieces
     between paths i < j (not the whole mark, read already) at most MAX_PIECE_WIDTH line heights h wide
-    that hold ink, each as (28x28 image, working-scale box), and the ink each path crosses (n,)."""
+    that hold ink, each as (28x28 image, working-scale box), and the ink each path crosses (n,).
+    scale: picture pixels per working pixel (to_28x28 sharpens pieces that were enlarged)."""
     rows, w = crop.shape
     paths = [np.zeros(rows, np.int64), *_cut_paths(crop, max(1, math.ceil(MAX_CUTS_PER_HEIGHT * w / h))),
              np.full(rows, w, np.int64)]
@@ -272,7 +273,7 @@ def _lattice(crop: np.ndarray, box: Box, h: float) -> tuple[int, dict[tuple[int,
             if (i, j) == (0, len(paths) - 1) or middle[j] - middle[i] > MAX_PIECE_WIDTH * h:
                 continue
             keep = (cols >= paths[i][:, None]) & (cols < paths[j][:, None])
-            image, piece_box = _piece(np.where(keep, crop, 0), box)
+            image, piece_box = _piece(np.where(keep, crop, 0), box, scale)
             if image is not None:
                 pieces[(i, j)] = (image, piece_box)
     crossed = [float(crop[np.arange(rows), np.minimum(p, w - 1)].sum()) for p in paths]
@@ -392,15 +393,15 @@ def _trace(walled: np.ndarray, starts: np.ndarray, xs: np.ndarray) -> np.ndarray
     return out
 
 
-def _piece(crop: np.ndarray, box: Box) -> tuple[np.ndarray | None, Box]:
+def _piece(crop: np.ndarray, box: Box, scale: float = 1.0) -> tuple[np.ndarray | None, Box]:
     """A piece of a mark (the mark's crop with the ink outside the piece zeroed, float 0..1) trimmed to its
     ink and made 28x28 (None without ink enough to read), with its working-scale box."""
     rows, cols = np.flatnonzero(crop.max(axis=1) > 0), np.flatnonzero(crop.max(axis=0) > 0)
     if not len(rows) or float(crop.sum()) < 0.02 * crop.shape[0] ** 2:
         return None, box
     trimmed = crop[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-    return to_28x28(trimmed), (box[0] + int(cols[0]), box[1] + int(rows[0]), box[0] + int(cols[-1]) + 1,
-                               box[1] + int(rows[-1]) + 1)
+    piece_box = (box[0] + int(cols[0]), box[1] + int(rows[0]), box[0] + int(cols[-1]) + 1, box[1] + int(rows[-1]) + 1)
+    return to_28x28(trimmed, max(trimmed.shape) * scale), piece_box
 
 
 def _leftovers(ink: np.ndarray, marks: list[list[Box]]) -> list[tuple[Box, int]]:
