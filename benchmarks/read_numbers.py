@@ -9,6 +9,7 @@ the wrong number of digits counts each digit of the truth that is not where the 
 Time: digitlab's ms per 6-digit number (one picture at a time, this process, as `digitlab read` runs it).
 
     python benchmarks/read_numbers.py MODEL [--n 300] [--seed 0] [--no-tesseract] [--pieces FILE | --no-pieces]
+                                            [--shrink F]
 
 With a piece verifier (digitlab.pieces: --pieces FILE, or MODEL.pieces.safetensors beside the model)
 the reader uses it, as `digitlab read` does.
@@ -25,6 +26,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -53,13 +55,16 @@ def digits_right(truth: str, text: str) -> int:
     return sum(a == b for a, b in zip(truth, text, strict=False))
 
 
-def cases(images: np.ndarray, labels: np.ndarray, n: int, seed: int):
-    """n (spacing, truth, picture) cases: spacings in turn, 2-8 digits, test digits drawn at random."""
+def cases(images: np.ndarray, labels: np.ndarray, n: int, seed: int, shrink: float = 1.0):
+    """n (spacing, truth, picture) cases: spacings in turn, 2-8 digits, test digits drawn at random; each
+    picture resized by shrink (OpenCV area averaging: 0.3 makes digits ~10 px tall, written small)."""
     rng = np.random.default_rng(seed)
     for i in range(n):
         spacing = list(SPACINGS)[i % len(SPACINGS)]
         idx = rng.choice(len(images), size=int(rng.integers(2, 9)), replace=False)
         picture, _ = number_picture(images[idx], rng, spacing)
+        if shrink != 1.0:
+            picture = cv2.resize(picture, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA)
         yield spacing, "".join(str(v) for v in labels[idx]), picture
 
 
@@ -86,6 +91,8 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--pieces", default=None, help="a piece verifier (default: MODEL.pieces.safetensors if there)")
     ap.add_argument("--no-pieces", action="store_true", help="read without a piece verifier")
+    ap.add_argument("--shrink", type=float, default=1.0,
+                    help="resize every picture by this factor (0.3: numbers written small)")
     args = ap.parse_args()
     model = digitlab.load(args.model)
     verifier = None if args.no_pieces else find_verifier(args.model, args.pieces)
@@ -93,9 +100,12 @@ def main() -> None:
     peer = not args.no_tesseract and shutil.which("tesseract") is not None
     # [reader][group] -> [strings right, strings, digits right, digits]
     tally: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0, 0, 0]))
+    unsure = 0
     with tempfile.TemporaryDirectory() as tmp:
-        for spacing, truth, picture in cases(data.test_images, data.test_labels, args.n, args.seed):
-            readings = {"digitlab": digitlab.read(model, picture, pieces=verifier)["text"]}
+        for spacing, truth, picture in cases(data.test_images, data.test_labels, args.n, args.seed, args.shrink):
+            record = digitlab.read(model, picture, pieces=verifier)
+            unsure += record["status"] == "unsure"
+            readings = {"digitlab": record["text"]}
             if peer:
                 readings["tesseract"] = tesseract(picture, Path(tmp))
             for reader, text in readings.items():
@@ -108,7 +118,8 @@ def main() -> None:
     readers = list(tally)
     groups = [*SPACINGS, *(f"{k} digits" for k in range(2, 9)), "all"]
     print(f"Reading numbers: {args.n} strings of 2-8 MNIST test digits (seed {args.seed}), "
-          f"model {Path(args.model).name}, piece verifier {'yes' if verifier else 'none'}")
+          f"model {Path(args.model).name}, piece verifier {'yes' if verifier else 'none'}"
+          + (f", pictures resized by {args.shrink:g}" if args.shrink != 1.0 else ""))
     print("| strings | n | " + " | ".join(f"{r} strict | {r} per digit" for r in readers) + " |")
     print("|---|---:|" + "---:|---:|" * len(readers))
     for g in groups:
@@ -117,6 +128,7 @@ def main() -> None:
             s_ok, s_n, d_ok, d_n = tally[r][g]
             cells += [f"{100 * s_ok / max(s_n, 1):.1f}%", f"{100 * d_ok / max(d_n, 1):.1f}%"]
         print(f"| {g} | {tally[readers[0]][g][1]} | " + " | ".join(cells) + " |")
+    print(f"digitlab: status unsure for {100 * unsure / max(args.n, 1):.1f}% of the strings")
     print(f"digitlab: {ms_per_six(model, data.test_images, args.seed, pieces=verifier):.1f} ms per 6-digit number "
           "(median of 30, one at a time)")
     print(machine_line("opencv-python-headless", "onnxruntime"))
