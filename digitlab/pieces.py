@@ -117,7 +117,7 @@ def _string_samples(picture: np.ndarray, owner: np.ndarray, digits: np.ndarray
     from digitlab import reading as r
     from digitlab.prepare import find_marks, to_28x28
 
-    ink, _ = r._ink_at_digit_scale(picture)
+    ink, _, _ = r._ink_at_digit_scale(picture)
     marks = find_marks(ink, ink > 0)
     if not marks:
         return (0, 0), []

@@ -154,10 +154,11 @@ def is_mnist_like(g: np.ndarray) -> bool:
     return g.shape == (28, 28) and bool(mnist_like_batch(g[None])[0])
 
 
-def ink_map(g: np.ndarray, work_side: int = WORK_SIDE) -> tuple[np.ndarray, float]:
+def ink_map(g: np.ndarray, work_side: int = WORK_SIDE, bright: bool | None = None) -> tuple[np.ndarray, float]:
     """Ink contrast (float32 0..1, 0 = paper) at a working scale, and that scale (original px per working
     px). g: grey picture, float32 0..1 on its own range, any polarity, lighting and paper. work_side: the
-    longest working side in px (a wide picture of several digits needs more than one digit does)."""
+    longest working side in px (a wide picture of several digits needs more than one digit does).
+    bright: the ink's polarity when already known (ink_polarity at a coarser scale), else judged here."""
     h, w = g.shape
     # Shrunk only when well over the working side (up to 1.25x it is worked on as it is: resizing would
     # cost more than it saves; a 280-px canvas is shrunk, and that area resize is a third of its preparation),
@@ -169,7 +170,7 @@ def ink_map(g: np.ndarray, work_side: int = WORK_SIDE) -> tuple[np.ndarray, floa
         g = cv2.resize(g, (max(1, round(w / scale)), max(1, round(h / scale))), interpolation=cv2.INTER_CUBIC)
         g = _unit(g)
     g = cv2.GaussianBlur(g, (3, 3), 0)  # sensor noise and JPEG blocks, finer than any stroke here
-    bright = _ink_is_bright(g)
+    bright = _ink_is_bright(g) if bright is None else bright
     inv = g if bright else 1.0 - g
     # The paper: an opening (min then max filter) wider than any stroke removes the ink and keeps the
     # light's slow changes and the sharp edges of shadows; a quarter of the short side is wider than
@@ -205,6 +206,17 @@ def ink_map(g: np.ndarray, work_side: int = WORK_SIDE) -> tuple[np.ndarray, floa
     ink = _unit((contrast - t / 2) / (peak - t / 2))
     ink[contrast < t] = 0
     return ink.astype(np.float32, copy=False), scale
+
+
+def ink_polarity(g: np.ndarray, work_side: int = WORK_SIDE) -> bool:
+    """Whether the ink is brighter than the paper, judged as ink_map judges it at work_side. A map of the
+    same picture made finer (a small number on a big page) takes it from the coarser scale: there the
+    ink is a larger share of the pixels, while a finer map's few ink pixels can leave the judgement to
+    5x5 top-hats that see the gaps inside bold strokes rather than the strokes."""
+    h, w = g.shape
+    if max(h, w) > 1.25 * work_side:
+        g = _shrink(g, max(h, w) / work_side)[0]
+    return _ink_is_bright(cv2.GaussianBlur(g, (3, 3), 0))
 
 
 def _shrink(g: np.ndarray, scale: float) -> tuple[np.ndarray, float]:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from digitlab.images import grey
-from digitlab.prepare import check_2d, find_marks, ink_map, is_mnist_like, to_28x28
+from digitlab.prepare import check_2d, find_marks, ink_map, ink_polarity, is_mnist_like, to_28x28
 from digitlab.trust import DEFAULT_CALIBRATION, calibration_of
 
 MAX_MARKS = 32  # marks read in one picture; more is a page of text, read in part ("too_many_marks")
@@ -96,8 +96,8 @@ def read(model: Any, picture: Any, source: str = "picture", pieces: Any = None) 
         for candidate in (g, 1.0 - g):
             if is_mnist_like(candidate):  # MNIST's own images: read as they are, as predict reads them
                 return _record(model, source, "ok", *_read_mnist(model, candidate), [])
-    ink, scale = _ink_at_digit_scale(g)
-    marks = find_marks(ink, ink > 0)
+    ink, scale, stroke = _ink_at_digit_scale(g)
+    marks = find_marks(ink, ink > 0, stroke=stroke)
     if marks:
         marks = sorted(marks + _short_digits(ink, marks), key=lambda m: _union(m)[0])
     status = "ok" if marks else "empty"
@@ -135,19 +135,32 @@ def _read_mnist(model: Any, g: np.ndarray) -> tuple[list[tuple[int, float]], lis
     return [(int(q.argmax()), float(q.max()))], [box]
 
 
-def _ink_at_digit_scale(g: np.ndarray) -> tuple[np.ndarray, float]:
+def _ink_at_digit_scale(g: np.ndarray) -> tuple[np.ndarray, float, float]:
     """ink_map at a working scale where the digits are about DIGIT_PX tall: first at a long side of
     READ_SIDE (prepare()'s WORK_SIDE is for one digit: a wide number would get too few pixels per digit),
-    and a picture whose digits are still under DIGIT_PX there is mapped again, less shrunk."""
+    and a picture whose digits are still under DIGIT_PX there is mapped again, less shrunk. A number
+    small on a big page (under ~1/20 of its side) fades out at READ_SIDE: with nothing found, the picture
+    is mapped again 4x finer, up to MAX_WORK_SIDE. Returns (ink, scale, stroke): find_marks' stroke bound
+    for that map (kept the same size on the picture as at READ_SIDE when the map was made finer)."""
     ink, scale = ink_map(g, work_side=READ_SIDE)
-    marks = find_marks(ink, ink > 0)
+    marks, stroke = find_marks(ink, ink > 0), 0.05
+    bright = ink_polarity(g, READ_SIDE) if scale > 1 else None  # finer maps keep this scale's polarity
+    side = READ_SIDE
+    while not marks and scale > 1 and side < min(max(g.shape), MAX_WORK_SIDE):
+        side = min(side * 4, max(g.shape), MAX_WORK_SIDE)
+        ink, scale = ink_map(g, work_side=side, bright=bright)
+        stroke = 0.05 * READ_SIDE / max(ink.shape)
+        marks = find_marks(ink, ink > 0, stroke=stroke)
     if not marks or scale <= 1:
-        return ink, scale
+        return ink, scale, stroke
     height = float(np.median([_union(m)[3] - _union(m)[1] for m in marks]))
     if height >= DIGIT_PX:
-        return ink, scale
+        return ink, scale, stroke
     side = min(max(g.shape), MAX_WORK_SIDE, math.ceil(max(ink.shape) * DIGIT_PX / max(height, 1.0)))
-    return ink_map(g, work_side=side) if side > max(ink.shape) else (ink, scale)
+    if side <= max(ink.shape):
+        return ink, scale, stroke
+    finer, finer_scale = ink_map(g, work_side=side, bright=bright)
+    return finer, finer_scale, stroke * max(ink.shape) / max(finer.shape)  # the bound: the same size on the picture
 
 
 def _union(boxes: list[Box]) -> Box:

@@ -176,6 +176,21 @@ def test_small_numbers_get_mnist_strokes(mnist):
     assert min(medians) >= 0.75, medians
 
 
+@pytest.mark.parametrize(("size", "height"), [((1280, 960), 32), ((2000, 1500), 64), ((4000, 3000), 128)])
+def test_a_small_number_on_a_big_page_is_found(size, height):
+    """A number 1/30 of the picture's side tall faded out at the first working scale, and the finer maps
+    judged the ink's polarity from their few ink pixels (5x5 top-hats saw the gaps inside bold strokes):
+    read as empty. Now the polarity is the coarse scale's and the mark bound keeps its size on the page."""
+    page = np.full(size[::-1], 255, np.uint8)
+    font, s = cv2.FONT_HERSHEY_SIMPLEX, height / 22
+    (tw, th), _ = cv2.getTextSize("4217", font, s, round(s * 2.5))
+    cv2.putText(page, "4217", ((size[0] - tw) // 2, (size[1] + th) // 2), font, s, 0, round(s * 2.5), cv2.LINE_AA)
+    r = read(Ones(), page)
+    assert r["status"] == "ok" and len(r["digits"]) == 4, r
+    x0, y0, x1, y1 = r["digits"][0]["box"]
+    assert abs(x0 - (size[0] - tw) // 2) < height / 4 and y1 - y0 > height / 2
+
+
 def test_not_a_picture_is_an_image_error():
     with pytest.raises(ImageError):
         read(Ones(), np.zeros((2, 3, 4, 5)))
