@@ -313,11 +313,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_read(args: argparse.Namespace) -> int:
     """`digitlab read MODEL SOURCE...`: whole numbers, one record per picture; exit 1 if any failed."""
-    from digitlab.modelfile import load
-    from digitlab.pieces import find_verifier
+    from digitlab.pieces import digit_model, find_verifier
     from digitlab.reading import read_file
 
-    model = load(args.model)
+    model = digit_model(args.model)
     verifier = find_verifier(args.model, args.pieces)
     entries = _each_source(args.sources, lambda path: read_file(model, path, source=str(path), pieces=verifier))
     records = [e.result for e in entries if e.error is None]

@@ -11,7 +11,8 @@ more of another, or several). Its file is an ordinary model file (safetensors + 
 PIECE_CLASSES), found beside the digit model as MODEL.pieces.safetensors (companion_path) or named with
 `digitlab read --pieces FILE`; reading works without it, as before.
 
-Train one (torch; a few minutes on 2 cores; seeded, so the same seed gives the same file on one machine):
+Train one (torch; 15-40 minutes on 2 cores with the defaults; seeded, so the same seed gives the same file
+on one machine):
 
     python -m digitlab.pieces OUT.pieces.safetensors [--strings 3000] [--epochs 4] [--seed 0]
 """
@@ -55,6 +56,18 @@ def load_verifier(path: str | Path) -> Any:
         raise ModelFileError(f"{path}: not a piece verifier (classes {verifier.classes[:12]}, expected "
                              f"{PIECE_CLASSES})")
     return verifier
+
+
+def digit_model(path: str | Path) -> Any:
+    """Load the digit model to read with. Raises ModelFileError naming the file when it is a piece verifier
+    (its classes are PIECE_CLASSES: reading with it would answer "part" and "more" as digits)."""
+    from digitlab.modelfile import load
+
+    model = load(path)
+    if model.classes == PIECE_CLASSES:
+        raise ModelFileError(f"{path}: a piece verifier, not a digit model; give the digit model as MODEL "
+                             "(its verifier beside it as MODEL.pieces.safetensors, or --pieces FILE)")
+    return model
 
 
 def find_verifier(model_path: str | Path, pieces: str | Path | None = None) -> Any:
@@ -215,13 +228,25 @@ def train_verifier(out: str | Path, strings: int = 3000, epochs: int = 4, seed: 
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m digitlab.pieces OUT [--strings N] [--epochs N] [--seed N] [--data-dir DIR]`."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from digitlab.config import TrainConfig, check_output
+    from digitlab.errors import DigitlabError
+
+    ap = argparse.ArgumentParser(prog="python -m digitlab.pieces", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out")
     ap.add_argument("--strings", type=int, default=3000, help="synthetic numbers the pieces are cut from")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     args = ap.parse_args(argv)
+    for name in ("strings", "epochs"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} {getattr(args, name)}: expected 1 or more")
+    try:  # before any training: an existing OUT, a folder or a link is refused as `digitlab train` refuses it
+        check_output(TrainConfig(out=args.out, overwrite=args.overwrite))
+    except DigitlabError as e:
+        ap.error(str(e).replace("--out", "OUT"))
     print(train_verifier(args.out, args.strings, args.epochs, args.seed, args.data_dir, quiet=False))
 
 

@@ -62,3 +62,35 @@ def test_cli_read_refuses_a_digit_model_as_verifier(tiny_model_path, tmp_path):
     page.write_bytes(bytes.fromhex("89504e470d0a1a0a"))  # refused before any picture is read
     proc = run_cli("read", tiny_model_path, page, "--pieces", tiny_model_path)
     assert proc.returncode == 2 and "not a piece verifier" in proc.stderr
+
+
+@pytest.mark.parametrize("args", [["--strings", "0"], ["--epochs", "-1"], []])
+def test_training_command_refuses_before_training(tmp_path, args, capsys):
+    """`python -m digitlab.pieces OUT` once replaced an existing OUT without asking, and answered bad
+    counts with tracebacks after minutes of work: each is now one line, exit 2, before any training."""
+    from digitlab.pieces import main
+
+    out = tmp_path / "v.pieces.safetensors"
+    out.write_bytes(b"the user's file")
+    with pytest.raises(SystemExit) as info:
+        main([str(out), *args])
+    assert info.value.code == 2 and out.read_bytes() == b"the user's file"
+    assert "error: " in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_a_verifier_is_no_digit_model(tmp_path, tiny_model_path):
+    """A piece verifier given as MODEL answered "part" and "more" as digits (text "2more26"): refused
+    where a digit model is loaded to read (the CLI, the server) with a line naming the file."""
+    from digitlab import modelfile
+    from digitlab.model import ArchConfig, build_torch
+    from digitlab.pieces import digit_model
+    from digitlab.serve.app import create_app
+
+    cfg = ArchConfig(classes=len(PIECE_CLASSES))
+    weights = {k: v.detach().numpy() for k, v in build_torch(cfg).state_dict().items()}
+    verifier = modelfile.save(tmp_path / "v.safetensors", weights, {
+        "architecture": "tutorial", "arch_config": cfg.to_dict(), "dataset": "mnist", "classes": PIECE_CLASSES})
+    assert digit_model(tiny_model_path).classes == [str(k) for k in range(10)]
+    for make in (digit_model, create_app):
+        with pytest.raises(ModelFileError, match="a piece verifier, not a digit model"):
+            make(verifier)

@@ -42,7 +42,7 @@ from starlette.requests import ClientDisconnect
 from digitlab import __version__
 from digitlab.errors import ImageError
 from digitlab.images import decode_plain_png, load_image, png_size, reduce_picture
-from digitlab.modelfile import DigitModel, load
+from digitlab.modelfile import DigitModel
 from digitlab.predict import explain_records, predict_records
 from digitlab.prepare import prepare
 from digitlab.reading import file_size, read, rescale_boxes
@@ -649,13 +649,13 @@ def create_app(model: DigitModel | str | Path, max_upload: int = MAX_UPLOAD,
     before 503; max_request_pixels: decoded pixels per request; body_timeout: seconds for a body;
     pieces: the piece verifier /api/read uses (digitlab.pieces; a file path), else the model file's
     companion MODEL.pieces.safetensors when the model is given as a path and one is beside it."""
-    from digitlab.pieces import find_verifier, load_verifier
+    from digitlab.pieces import digit_model, find_verifier, load_verifier
 
     if isinstance(pieces, (str, Path)):
         pieces = load_verifier(pieces)
     elif pieces is None and not isinstance(model, DigitModel):
         pieces = find_verifier(model)
-    model = model if isinstance(model, DigitModel) else load(model)
+    model = model if isinstance(model, DigitModel) else digit_model(model)
     model.onnx_threads = 1  # one picture per request: a second inference thread only spins (DigitModel)
     app = FastAPIOffline(title="digitlab", version=__version__, max_body_size=max_upload,
                          description="Handwritten-digit recognition. Every picture is prepared MNIST-style "
@@ -709,9 +709,9 @@ def run(model_path: str, host: str = "127.0.0.1", port: int = 8000, max_upload: 
     from granian.constants import HTTPModes, Interfaces
     from granian.http import HTTP1Settings
 
-    from digitlab.pieces import find_verifier
+    from digitlab.pieces import digit_model, find_verifier
 
-    load(model_path)  # a bad model file is one clear error here, not one per worker
+    digit_model(model_path)  # a bad model file is one clear error here, not one per worker
     find_verifier(model_path, pieces)  # and so is a bad verifier
     hosts = [*LOOPBACK_HOSTS, *(allow_hosts or [])]
     if host not in ("0.0.0.0", "::", "127.0.0.1", "::1"):
