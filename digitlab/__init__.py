@@ -24,11 +24,18 @@ def load(path: str) -> DigitModel:
 
 
 def read(model: DigitModel, picture: Any, source: str = "picture", pieces: DigitModel | None = None) -> dict[str, Any]:
-    """Read the number (several digits, left to right) in one picture: a PIL image or a NumPy array
-    (H, W) grey or (H, W, 3|4) RGB(A). pieces: a piece verifier (digitlab.pieces.load_verifier) or None.
-    Returns {"source", "status", "text", "digits"}; see digitlab.reading.read."""
-    from digitlab.reading import read as _read  # here: keeps `import digitlab` light
+    """Read the number (several digits, left to right) in one picture: an image file's path (decoded as
+    `digitlab read` decodes it; boxes in the file's pixels), a PIL image or a NumPy array (H, W) grey or
+    (H, W, 3|4) RGB(A). pieces: a piece verifier (digitlab.pieces.load_verifier, or find_verifier(MODEL)
+    for the one beside a model file) or None. Returns {"source", "status", "text", "digits"}; see
+    digitlab.reading.read. Raises ImageError for a picture that cannot be read."""
+    import os
 
+    from digitlab.reading import read as _read  # here: keeps `import digitlab` light
+    from digitlab.reading import read_file
+
+    if isinstance(picture, (str, os.PathLike)):
+        return read_file(model, picture, None if source == "picture" else source, pieces)
     return _read(model, picture, source, pieces)
 
 

@@ -344,3 +344,16 @@ def test_cli_read_boxes_of_a_big_file_are_in_its_own_pixels(tiny_model_path, tmp
     out = run_cli("read", tiny_model_path, tmp_path / "big.png", "--json", check=True)
     for x, d in zip((400, 1200, 2500), json.loads(out.stdout)[0]["digits"], strict=True):
         assert abs(d["box"][0] - (x - 15)) <= 12 and abs(d["box"][2] - (x + 15)) <= 12
+
+
+def test_read_takes_a_path_as_predict_does(tmp_path):
+    """digitlab.read(model, "file.png") was an ImageError about a string's dtype: a path is now decoded as
+    `digitlab read` decodes it (digitlab.reading.read_file), its boxes in the file's pixels."""
+    from digitlab.reading import read_file
+
+    page = paper()
+    bar(page, 300, 40, 160)
+    path = tmp_path / "one.png"
+    path.write_bytes(png(page))
+    assert digitlab.read(Ones(), str(path)) == digitlab.read(Ones(), path) == read_file(Ones(), path)
+    assert digitlab.read(Ones(), path)["source"] == str(path) and digitlab.read(Ones(), path)["text"] == "1"
