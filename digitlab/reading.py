@@ -31,6 +31,7 @@ dropped), and each digit's ink through MNIST's own recipe (to_28x28) before the 
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -47,6 +48,8 @@ MAX_WORK_SIDE = 4096  # the working scale never exceeds this long side (memory: 
 DOUBT_ASPECT = 0.9  # a mark read whole is cut and searched when wider than this many line heights, ...
 DOUBT_PROBABILITY = 0.95  # ... or read below this probability, ...
 DOUBT_Z = 2.0  # ... or its width / height is this many standard deviations from its digit's (ASPECT_LOG_NORMAL)
+LINE_SHARE = 0.5  # a band of rows holding ink is a line of digits when at least this share of the tallest, ...
+LINE_GAP = 0.3  # ... and this share of its height (or its neighbour's) clear of the next line
 SHORT_DIGIT = 0.4  # a piece this many times the line's median digit height is a digit, not a separator
 MAX_PIECE_WIDTH = 1.2  # a piece of a cut mark is at most this many heights wide
 MAX_CUTS_PER_HEIGHT = 3  # candidate cut paths per height of a mark's width (bounds the search)
@@ -83,7 +86,8 @@ def read(model: Any, picture: Any, source: str = "picture", pieces: Any = None) 
     model: a DigitModel (digitlab.load). picture: a PIL image or a NumPy array (H, W) grey or (H, W, 3|4)
     RGB(A), uint8 0..255 or float 0..1, any polarity. Returns {"source", "status", "text", "digits"}:
     status "ok" | "empty" | "unsure" (a digit's probability below the model's calibrated MSP threshold;
-    text is still the best reading) | "too_many_marks" (more than MAX_MARKS marks: the first MAX_MARKS,
+    text is still the best reading) | "several_lines" (digits in more than one line, _several_lines: none
+    read, text "") | "too_many_marks" (more than MAX_MARKS marks: the first MAX_MARKS,
     left to right, are read); text: the digits' labels and separators ("." and "-"), left to right;
     digits: [{"digit": int, "confidence": float 0..1, "box": [x0, y0, x1, y1]}], the box in the original
     picture's pixels (x1, y1 exclusive). pieces: a piece verifier (digitlab.pieces.load_verifier) or None;
@@ -101,6 +105,8 @@ def read(model: Any, picture: Any, source: str = "picture", pieces: Any = None) 
     if marks:
         marks = sorted(marks + _short_digits(ink, marks), key=lambda m: _union(m)[0])
     status = "ok" if marks else "empty"
+    if _several_lines(marks):  # read left to right, the lines' digits would interleave (or stack into "1"s)
+        return _record(model, source, "several_lines", [], [], [])
     if len(marks) > MAX_MARKS:
         status, marks = "too_many_marks", marks[:MAX_MARKS]
     digits, boxes = _read_marks(model, ink, marks, pieces, scale) if marks else ([], [])
@@ -161,6 +167,22 @@ def _ink_at_digit_scale(g: np.ndarray) -> tuple[np.ndarray, float, float]:
         return ink, scale, stroke
     finer, finer_scale = ink_map(g, work_side=side, bright=bright)
     return finer, finer_scale, stroke * max(ink.shape) / max(finer.shape)  # the bound: the same size on the picture
+
+
+def _several_lines(marks: list[list[Box]]) -> bool:
+    """Whether the marks' pieces lie in more than one line: their rows, merged where they overlap, form two
+    bands each at least LINE_SHARE of the tallest band's height, LINE_GAP of the shorter one apart. A 5's
+    bar, an underline or a decimal point are too flat to count as a line; the halves of a broken 8 too close."""
+    spans = sorted((b[1], b[3]) for m in marks for b in m)
+    bands: list[list[int]] = []
+    for y0, y1 in spans:
+        if bands and y0 <= bands[-1][1]:
+            bands[-1][1] = max(bands[-1][1], y1)
+        else:
+            bands.append([y0, y1])
+    tallest = max((b[1] - b[0] for b in bands), default=0)
+    lines = [b for b in bands if b[1] - b[0] >= LINE_SHARE * tallest]
+    return any(b[0] - a[1] >= LINE_GAP * min(a[1] - a[0], b[1] - b[0]) for a, b in itertools.pairwise(lines))
 
 
 def _union(boxes: list[Box]) -> Box:

@@ -191,6 +191,24 @@ def test_a_small_number_on_a_big_page_is_found(size, height):
     assert abs(x0 - (size[0] - tw) // 2) < height / 4 and y1 - y0 > height / 2
 
 
+def test_several_lines_are_said_not_read_as_one():
+    """Two lines of digits were read as one line left to right (a 10x10 grid: "1111111111", status ok: each
+    column's digits stacked into one mark). Now the status says so and nothing is guessed; an underline
+    and a 5's detached bar are no second line."""
+    page = paper(400, 600)
+    for x in (150, 250, 350):
+        bar(page, x, 40, 160)
+        bar(page, x, 240, 360)
+    r = read(Ones(), page)
+    assert (r["status"], r["text"], r["digits"]) == ("several_lines", "", [])
+    one = paper(400, 600)
+    for x in (150, 250, 350):
+        bar(one, x, 100, 260)
+    cv2.line(one, (120, 300), (380, 300), 0.1, 6)  # an underline, 40 px below
+    cv2.line(one, (140, 70), (170, 70), 0.1, 8)  # a flat bar above the first stroke (as a 5's)
+    assert read(Ones(), one)["status"] == "ok"
+
+
 def test_not_a_picture_is_an_image_error():
     with pytest.raises(ImageError):
         read(Ones(), np.zeros((2, 3, 4, 5)))

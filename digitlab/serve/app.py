@@ -114,7 +114,8 @@ class Reading(BaseModel):
 
     source: str
     status: str = Field(description='"ok" | "empty" | "unsure" (a digit below the calibrated threshold; text is '
-                        'still the best reading) | "too_many_marks" (only the first 32 marks, left to right, read)')
+                        'still the best reading) | "several_lines" (more than one line of digits: none read) | '
+                        '"too_many_marks" (only the first 32 marks, left to right, read)')
     text: str = Field(description='the digits left to right, with separators "." and "-" where drawn')
     digits: list[ReadDigit] = Field(description="each digit read, left to right")
 
