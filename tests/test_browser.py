@@ -192,6 +192,21 @@ def test_number_mode_reads_several_digits_with_boxes(page):
     assert page.evaluate("() => document.getElementById('pad').width") == 280
 
 
+def test_number_boxes_after_drawing_over_a_picked_file(page):
+    """Boxes are drawn in the sent picture's pixels mapped onto the pad: a picked file is scaled to fit,
+    but once the person draws over it the pad itself is sent, so the mapping is the pad's own (the boxes
+    landed offset and enlarged, at the picked file's scale)."""
+    page.check("#number")
+    wide = Image.new("L", (1680, 400), 255)
+    buf = io.BytesIO()
+    wide.save(buf, "PNG")
+    page.set_input_files("#file", files=[{"name": "wide.png", "mimeType": "image/png", "buffer": buf.getvalue()}])
+    page.wait_for_function("view.s < 1", timeout=10_000)
+    draw(page, [[(0.5, 0.2), (0.5, 0.8)]])
+    assert page.evaluate("() => [view.s, view.x, view.y]") == [1, 0, 0]
+    page.uncheck("#number")
+
+
 def shown_text(page, expected: str) -> str:
     page.wait_for_function(f"document.getElementById('digit').textContent === {expected!r}", timeout=10_000)
     return page.locator("#digit").text_content()
