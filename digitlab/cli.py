@@ -113,17 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", action="store_true", help="from the training set instead of the test set")
     _data_args(p)
 
-    p = sub.add_parser("serve", help="HTTP API and drawing page")
-    p.add_argument("model", metavar="MODEL")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-upload", type=int, default=MAX_UPLOAD, help="largest request body in bytes")
-    p.add_argument("--workers", type=int, default=1,
-                   help="server processes (each loads its own model copy and takes a share of the cores)")
-    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
-                   help="also accept this Host header name (repeatable; default: loopback names only)")
-    p.add_argument("--pieces", metavar="FILE", default=None,
-                   help="the piece verifier /api/read uses; default: MODEL.pieces.safetensors if it exists")
+    _serve_args(sub.add_parser("serve", help="HTTP API and drawing page"))
 
     p = sub.add_parser("import-keras", help="convert a Keras .h5/.keras file of the tutorial's network")
     p.add_argument("file", metavar="FILE")
@@ -136,6 +126,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quantize to int8 (onnxruntime static QDQ, calibrated on 512 training images); "
                         "see benchmarks/int8.py for whether it pays on this machine")
     return parser
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    """`digitlab serve`'s options: the model, where to listen, the bounds, the workers, the piece verifier."""
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-upload", type=int, default=MAX_UPLOAD, help="largest request body in bytes")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes (each loads its own model copy and takes a share of the cores)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also accept this Host header name (repeatable; default: loopback names only)")
+    p.add_argument("--pieces", metavar="FILE", default=None,
+                   help="the piece verifier /api/read uses; default: MODEL.pieces.safetensors if it exists")
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
