@@ -53,6 +53,7 @@ def test_fast_recipe_reaches_99_percent(tmp_path, mnist_dir):
     assert m.metadata["test_metrics"]["accuracy"] >= 0.989
 
 
+@pytest.mark.slow  # two short trainings (~1.5 s): the fast lane keeps under a minute
 def test_same_seed_same_weights(tmp_path, mnist_dir):
     short = {"epochs": 1, "limit": 320, "test_limit": 100, "quiet": True, "augment": True,  # 5 steps
              "data_dir": str(mnist_dir)}
@@ -208,6 +209,7 @@ def sigterm_guard():
     signal.signal(signal.SIGTERM, old)
 
 
+@pytest.mark.slow  # two short trainings (~1.5 s): the fast lane keeps under a minute
 def test_sigterm_during_the_test_evaluation(tmp_path, mnist_dir, monkeypatch, sigterm_guard):
     """The model is saved before the test evaluation; a stop during it ends the run with a message, and
     the resumed run only evaluates (no epoch redone), to the same weights."""
@@ -322,6 +324,7 @@ def test_unwritable_output_is_refused_before_training(tmp_path, unwritable_folde
         train(out=str(tmp_path / "file" / "m.safetensors"), data_dir=str(tmp_path / "nowhere"))
 
 
+@pytest.mark.slow  # two short trainings (~1.5 s): the fast lane keeps under a minute
 def test_a_failed_save_keeps_the_checkpoint(tmp_path, mnist_dir, monkeypatch):
     def disk_full(path, *args):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
