@@ -45,6 +45,7 @@ SMALL_SIDE = 112  # ... and pictures whose short side is under this many are enl
 MIN_CONTRAST = 0.12  # ink must differ from its paper by 12% of the paper's brightness (readable ink: 30-95%)
 MIN_SNR = 6.0  # ... and by 6 times the picture's own noise (robust standard deviation)
 MASS_CENTER = 14.0  # where MNIST's centre of mass lands (rows and columns, pixel-index units)
+SOFT_SIDE = 14  # a digit under this many px in its picture is enlarged 1.4x or more to MNIST's 20: soft strokes
 INK_MEDIAN = 0.9  # MNIST's median ink value (pixels over 0.12, per image; median over 20,000 training images: 0.906)
 
 
@@ -408,7 +409,7 @@ def to_28x28(crop: np.ndarray, source_side: float | None = None) -> np.ndarray:
     """MNIST's recipe on an ink crop (float 0..1, ink bright, tight around the digit): strokes thickened
     to MNIST's width, the longer side fit to 20 px (area-averaged), centred by mass in 28x28. uint8.
     source_side: the crop's longer side in the original picture's pixels (default: the crop's own); under
-    20, the digit was enlarged and its soft strokes are given MNIST's profile (_saturate)."""
+    SOFT_SIDE, the digit was enlarged and its soft strokes are given MNIST's profile (_saturate)."""
     crop = _thicken(crop)
     h, w = crop.shape
     f = 20.0 / max(h, w)
@@ -418,7 +419,7 @@ def to_28x28(crop: np.ndarray, source_side: float | None = None) -> np.ndarray:
     if peak <= 0:
         return np.zeros((28, 28), np.uint8)
     patch = _unit(patch / peak)
-    if (max(h, w) if source_side is None else source_side) < 20:  # enlarged: interpolation softened the strokes
+    if (max(h, w) if source_side is None else source_side) < SOFT_SIDE:  # enlarged: interpolation softened them
         patch = _saturate(patch)
     mass = float(patch.sum())
     ph, pw = patch.shape

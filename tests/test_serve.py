@@ -14,11 +14,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
-from digitlab.config import RECIPES
 from digitlab.images import load_image
 from digitlab.model import ARCHITECTURES, count_params
 from digitlab.prepare import prepare
 from digitlab.serve.app import create_app
+from tests.conftest import FIXTURE_NET
 from tests.test_images import bomb_png
 
 
@@ -47,7 +47,7 @@ def png_of_one() -> bytes:
 def test_health_and_model(client):
     assert client.get("/api/health").json() == {"status": "ok"}
     info = client.get("/api/model").json()
-    arch = RECIPES["fast"].arch  # the fixture model is the fast recipe's
+    arch = FIXTURE_NET["arch"]  # the fixture model's network (tests/conftest.py)
     assert info["architecture"] == arch and info["dataset"] == "mnist"
     assert info["parameters"] == count_params(ARCHITECTURES[arch]) > 50_000
     assert info["test_metrics"]["accuracy"] >= 0.98
