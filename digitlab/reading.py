@@ -150,10 +150,11 @@ def _ink_at_digit_scale(g: np.ndarray) -> tuple[np.ndarray, float, float]:
     for that map (kept the same size on the picture as at READ_SIDE when the map was made finer)."""
     ink, scale = ink_map(g, work_side=READ_SIDE)
     marks, stroke = find_marks(ink, ink > 0), 0.05
-    bright = ink_polarity(g, READ_SIDE) if scale > 1 else None  # finer maps keep this scale's polarity
+    bright = None  # a finer map keeps READ_SIDE's judgement of the ink's polarity (judged when first needed)
     side = READ_SIDE
     while not marks and scale > 1 and side < min(max(g.shape), MAX_WORK_SIDE):
         side = min(side * 4, max(g.shape), MAX_WORK_SIDE)
+        bright = ink_polarity(g, READ_SIDE) if bright is None else bright
         ink, scale = ink_map(g, work_side=side, bright=bright)
         stroke = 0.05 * READ_SIDE / max(ink.shape)
         marks = find_marks(ink, ink > 0, stroke=stroke)
@@ -165,6 +166,7 @@ def _ink_at_digit_scale(g: np.ndarray) -> tuple[np.ndarray, float, float]:
     side = min(max(g.shape), MAX_WORK_SIDE, math.ceil(max(ink.shape) * DIGIT_PX / max(height, 1.0)))
     if side <= max(ink.shape):
         return ink, scale, stroke
+    bright = ink_polarity(g, READ_SIDE) if bright is None else bright
     finer, finer_scale = ink_map(g, work_side=side, bright=bright)
     return finer, finer_scale, stroke * max(ink.shape) / max(finer.shape)  # the bound: the same size on the picture
 
