@@ -160,17 +160,7 @@ def ink_map(g: np.ndarray, work_side: int = WORK_SIDE, bright: bool | None = Non
     px). g: grey picture, float32 0..1 on its own range, any polarity, lighting and paper. work_side: the
     longest working side in px (a wide picture of several digits needs more than one digit does).
     bright: the ink's polarity when already known (ink_polarity at a coarser scale), else judged here."""
-    h, w = g.shape
-    # Shrunk only when well over the working side (up to 1.25x it is worked on as it is: resizing would
-    # cost more than it saves; a 280-px canvas is shrunk, and that area resize is a third of its preparation),
-    # enlarged when small.
-    scale = max(h, w) / work_side if max(h, w) > 1.25 * work_side else min(1.0, min(h, w) / SMALL_SIDE)
-    if scale > 1:
-        g, scale = _shrink(g, scale)
-    elif scale < 1:  # small pictures (a canvas shrunk to 28x28): enlarged, so a 3x3 step is not a stroke
-        g = cv2.resize(g, (max(1, round(w / scale)), max(1, round(h / scale))), interpolation=cv2.INTER_CUBIC)
-        g = _unit(g)
-    g = cv2.GaussianBlur(g, (3, 3), 0)  # sensor noise and JPEG blocks, finer than any stroke here
+    g, scale = _working(g, work_side)
     bright = _ink_is_bright(g) if bright is None else bright
     inv = g if bright else 1.0 - g
     # The paper: an opening (min then max filter) wider than any stroke removes the ink and keeps the
@@ -214,10 +204,22 @@ def ink_polarity(g: np.ndarray, work_side: int = WORK_SIDE) -> bool:
     same picture made finer (a small number on a big page) takes it from the coarser scale: there the
     ink is a larger share of the pixels, while a finer map's few ink pixels can leave the judgement to
     5x5 top-hats that see the gaps inside bold strokes rather than the strokes."""
+    return _ink_is_bright(_working(g, work_side)[0])
+
+
+def _working(g: np.ndarray, work_side: int) -> tuple[np.ndarray, float]:
+    """g at the working scale, lightly blurred, and that scale (original px per working px)."""
     h, w = g.shape
-    if max(h, w) > 1.25 * work_side:
-        g = _shrink(g, max(h, w) / work_side)[0]
-    return _ink_is_bright(cv2.GaussianBlur(g, (3, 3), 0))
+    # Shrunk only when well over the working side (up to 1.25x it is worked on as it is: resizing would
+    # cost more than it saves; a 280-px canvas is shrunk, and that area resize is a third of its preparation),
+    # enlarged when small.
+    scale = max(h, w) / work_side if max(h, w) > 1.25 * work_side else min(1.0, min(h, w) / SMALL_SIDE)
+    if scale > 1:
+        g, scale = _shrink(g, scale)
+    elif scale < 1:  # small pictures (a canvas shrunk to 28x28): enlarged, so a 3x3 step is not a stroke
+        g = cv2.resize(g, (max(1, round(w / scale)), max(1, round(h / scale))), interpolation=cv2.INTER_CUBIC)
+        g = _unit(g)
+    return cv2.GaussianBlur(g, (3, 3), 0), scale  # sensor noise and JPEG blocks, finer than any stroke here
 
 
 def _shrink(g: np.ndarray, scale: float) -> tuple[np.ndarray, float]:

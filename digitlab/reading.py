@@ -39,7 +39,7 @@ import numpy as np
 
 from digitlab.images import grey
 from digitlab.prepare import check_2d, find_marks, ink_map, ink_polarity, is_mnist_like, to_28x28
-from digitlab.trust import DEFAULT_CALIBRATION, calibration_of
+from digitlab.trust import DEFAULT_CALIBRATION, calibration_of, energy_score
 
 MAX_MARKS = 32  # marks read in one picture; more is a page of text, read in part ("too_many_marks")
 READ_SIDE = 256  # the first working long side for a number (a line of ~6 digits gets ~30 px each)
@@ -264,8 +264,7 @@ def _outputs(model: Any, images: list[np.ndarray]) -> list[tuple[np.ndarray, flo
     if not images:
         return []
     probs, logits = model.predict(np.stack(images), logits=True)
-    top = logits.max(axis=1)
-    energies = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+    energies = energy_score(logits)
     return [(q, float(e)) for q, e in zip(probs, energies, strict=True)]
 
 
