@@ -24,6 +24,7 @@ each relative to the picture itself (its paper, its ink contrast, its size), nev
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,8 @@ BIG_ARRAY = 4_000_000  # arrays over this many pixels are shrunk before anything
 SMALL_SIDE = 112  # ... and pictures whose short side is under this many are enlarged to it
 MIN_CONTRAST = 0.12  # ink must differ from its paper by 12% of the paper's brightness (readable ink: 30-95%)
 MIN_SNR = 6.0  # ... and by 6 times the picture's own noise (robust standard deviation)
+FRAME_TILT = 8  # degrees: a form box photographed askew is still a frame (squared paper: 6, see _line_family)
+FRAMES_LOOKED_AT = 8  # the largest pieces tested for frames: a bound on the time a busy page takes
 MASS_CENTER = 14.0  # where MNIST's centre of mass lands (rows and columns, pixel-index units)
 SOFT_SIDE = 14  # a digit under this many px in its picture is enlarged 1.4x or more to MNIST's 20: soft strokes
 INK_MEDIAN = 0.9  # MNIST's median ink value (pixels over 0.12, per image; median over 20,000 training images: 0.906)
@@ -119,7 +122,14 @@ def _finer_crop(g: np.ndarray, box: tuple[int, int, int, int], scale: float) -> 
     region = g[r0:r1, c0:c1]
     if max(region.shape) >= max(g.shape) * 0.9:
         return None  # the digit fills the picture: the working scale had enough pixels
-    ink, _ = ink_map(region)
+    ink, s = ink_map(region)
+    # Only what the working scale found is the digit: a form's frame or a ruled line beside it, dropped
+    # there, can be cut into pieces by the region's edges and pass for strokes here.
+    keep = np.zeros(ink.shape, bool)
+    pad = scale + 1
+    keep[max(0, math.floor((y0 - r0 - pad) / s)):math.ceil((y1 - r0 + pad) / s),
+         max(0, math.floor((x0 - c0 - pad) / s)):math.ceil((x1 - c0 + pad) / s)] = True
+    ink = np.where(keep, ink, np.float32(0))
     pieces = find_marks(ink, ink > 0)
     if len(pieces) != 1:
         return None
@@ -193,7 +203,10 @@ def ink_map(g: np.ndarray, work_side: int = WORK_SIDE, bright: bool | None = Non
     # Threshold: well above the paper's texture and a third of the ink's own peak (anti-aliased edges
     # keep their grey levels above it).
     t = max(level + 4.0 * noise, peak / 3.0, MIN_CONTRAST / 2)
-    contrast = _drop_lines(contrast, t)
+    # A form's frames first (ruled paper's test would take a wide frame's two long sides for ruled lines and
+    # leave its short ones), then ruled or squared paper's lines, then lone lines (which ruled paper's
+    # would be, each alone; _drop_lines keeps the strokes lying on them).
+    contrast = _drop_frames(_drop_lines(_drop_frames(contrast, t), t), t, rules=True)
     ink = _unit((contrast - t / 2) / (peak - t / 2))
     ink[contrast < t] = 0
     return ink.astype(np.float32, copy=False), scale
@@ -316,6 +329,133 @@ def _drop_lines(contrast: np.ndarray, t: float) -> np.ndarray:
     kept = np.where((lines > 0) & ~over_ink, 0, contrast).astype(np.float32)
     # Strokes that crossed a line are cut by it: close gaps as wide as the lines were.
     return cv2.morphologyEx(kept, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
+
+
+def _drop_frames(contrast: np.ndarray, t: float, rules: bool = False) -> np.ndarray:
+    """Remove what forms print around a field: frames (a box, a row of boxes sharing sides), or with rules,
+    the lone ruled lines left once ruled paper's families are gone (a field's rule under or over a number,
+    a notebook's margin line). A frame is a piece whose four sides are straight lines (within FRAME_TILT
+    degrees of level and upright, across 90% of the piece); it goes when it holds other ink (the digits,
+    touching it or not), or when its lines are thinner than 8% of its short side (an empty form box is
+    empty; a 0 drawn as a rectangle has bolder strokes). A rule is a lone straight line, level or upright,
+    10 times as long as thick and 1.6 times as long as the tallest other mark is tall (a dash, a 1 or a 7's
+    bar is no longer than a digit: _is_rule). Only the frame's lines go: ink that touches them keeps the
+    rest of its strokes."""
+    # Faint thin lines break into dashes at the ink threshold: look for them at a lower one, closed.
+    mask = cv2.morphologyEx((contrast > t / 4).view(np.uint8), cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
+    n, labels, stats, _ = _components(mask)
+    if n <= 1:
+        return contrast
+    extent = np.maximum(stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT])
+    order = np.argsort(-extent)[:FRAMES_LOOKED_AT] + 1
+    heights = stats[1:, cv2.CC_STAT_HEIGHT]
+    drop = np.zeros(mask.shape, bool)
+    for i in order.tolist():
+        x, y, w, h = (int(v) for v in stats[i, :4])
+        if max(w, h) < max(12, 0.1 * min(mask.shape)):
+            break  # the rest are smaller still
+        piece = (labels[y:y + h, x:x + w] == i).view(np.uint8)
+        if rules:
+            others = float(np.delete(heights, i - 1).max(initial=0))
+            drop[y:y + h, x:x + w] |= (piece > 0) & bool(others and _is_rule(piece, others))
+            continue
+        lines = _frame_lines(piece)
+        if lines is None:
+            continue
+        drawn, thickness = lines
+        if np.count_nonzero(mask[y:y + h, x:x + w] & ~drawn) < 0.02 * w * h and thickness > 0.08 * min(w, h):
+            continue  # an empty rectangle of bold strokes: a 0 drawn square, not a printed box
+        drop[y:y + h, x:x + w] |= drawn
+    return np.where(drop, np.float32(0), contrast) if drop.any() else contrast
+
+
+def _upright(piece: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """piece (uint8 0/1) turned level by the tilt of its minimum-area rectangle (OpenCV), padded so that
+    nothing is cut, and the affine matrix that turns it back; None if it tilts more than FRAME_TILT."""
+    (cx, cy), _, angle = cv2.minAreaRect(cv2.findNonZero(piece))
+    angle = (angle + 45) % 90 - 45  # its tilt from level or upright (OpenCV's convention varies by version)
+    if abs(angle) > FRAME_TILT:
+        return None
+    pad = 2 + math.ceil(math.tan(math.radians(FRAME_TILT)) * max(piece.shape))
+    padded = cv2.copyMakeBorder(piece, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+    turn = cv2.getRotationMatrix2D((cx + pad, cy + pad), angle, 1.0)
+    return cv2.warpAffine(padded, turn, padded.shape[::-1], flags=cv2.INTER_NEAREST), turn
+
+
+def _frame_lines(piece: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """(the pixels of piece (uint8 0/1, one connected piece cropped to its box) on its straight lines, as
+    bool, and their thickness in px) if its four sides are such lines, else None. The piece is turned
+    level first (a form photographed askew); its sides are rows and columns in its outer fifths that are
+    90% ink, and inside them a comb's inner sides are those 97% ink across the inside (_inner_lines)."""
+    h, w = piece.shape
+    if min(h, w) < 8:
+        return None
+    turned = _upright(piece)
+    if turned is None:
+        return None
+    level, turn = turned
+    ys, xs = np.nonzero(level)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    box = level[y0:y1, x0:x1]
+    # (a line of 1-2 px wobbles by a pixel once turned: each is looked at 3 px wide across its length)
+    across, down = cv2.dilate(box, np.ones((3, 1), np.uint8)), cv2.dilate(box, np.ones((1, 3), np.uint8))
+    bh, bw = box.shape
+    top, bottom = _side(across.mean(axis=1)), _side(across.mean(axis=1)[::-1])
+    left, right = _side(down.mean(axis=0)), _side(down.mean(axis=0)[::-1])
+    if not (top and bottom and left and right) or bh - top - bottom < bh / 2 or bw - left - right < bw / 2 \
+            or box[top:bh - bottom, left:bw - right].mean() > 0.75:
+        return None  # a side missing, or no room inside: not a frame (one thick line, a blot, a digit)
+    rows = _inner_lines(across[:, left:bw - right].mean(axis=1), top, bottom)
+    cols = _inner_lines(down[top:bh - bottom].mean(axis=0), left, right)
+    if _runs(rows[top + 2:bh - bottom - 2]) >= 2 and _runs(cols[left + 2:bw - right - 2]) >= 2:
+        return None  # inner lines both ways: squared paper's grid (too faint for _drop_lines), not a field
+    lines = np.zeros_like(level)
+    lines[y0:y1, x0:x1] = (rows[:, None] | cols[None, :]) & (box > 0)
+    lines = cv2.dilate(lines, np.ones((3, 3), np.uint8))
+    back = cv2.warpAffine(lines, cv2.invertAffineTransform(turn), lines.shape[::-1], flags=cv2.INTER_NEAREST)
+    pad = (back.shape[0] - h) // 2
+    return (back[pad:pad + h, pad:pad + w] > 0) & (piece > 0), float(top)
+
+
+def _runs(flags: np.ndarray) -> int:
+    """How many runs of True a 1-D bool array holds."""
+    return int(np.count_nonzero(np.diff(np.concatenate([[0], flags.view(np.int8), [0]])) == 1))
+
+
+def _side(cover: np.ndarray) -> int:
+    """How far the frame's side reaches in from the start of cover (rows or columns of a levelled piece,
+    ink cover 0..1): past the last of the outer fifth's lines 90% ink; 0 if there is none."""
+    found = np.flatnonzero(cover[:max(1, len(cover) // 5)] >= 0.9)
+    return int(found.max()) + 1 if found.size else 0
+
+
+def _inner_lines(cover: np.ndarray, start: int, end: int) -> np.ndarray:
+    """The rows (or columns) of a frame that are its lines, from their ink cover over the inside (0..1):
+    its sides (the first `start` and last `end`) with up to 2 neighbours a third covered (soft or uneven
+    edges), and inner lines 97% covered and as thin as the sides (plus 2 for the edges: a comb's inner
+    sides are printed like its outer ones and run whole from one side to the other; a digit's stroke that
+    touches both is bolder)."""
+    n = len(cover)
+    core = cover >= 0.97
+    core[:start] = core[n - end:] = True
+    lines = (cv2.dilate(core.astype(np.uint8)[:, None], np.ones((5, 1), np.uint8))[:, 0] > 0) & (cover >= 0.3)
+    lines[:start] = lines[n - end:] = True
+    bounds = np.flatnonzero(np.diff(np.concatenate([[0], lines.view(np.int8), [0]])))
+    for a, b in zip(bounds[::2], bounds[1::2], strict=True):
+        if a >= start + 2 and b <= n - end - 2 and b - a > max(start, end) + 2:
+            lines[a:b] = False
+    return lines
+
+
+def _is_rule(piece: np.ndarray, tallest_other: float) -> bool:
+    """Whether piece (uint8 0/1) is a ruled line: a field's rule under or over a number, a notebook's margin
+    line beside it. Straight, level or upright (its minimum-area rectangle within FRAME_TILT degrees, 60%
+    filled), 10 times as long as thick and 1.6 times as long as the tallest other piece is tall, which
+    must be a mark, 3 times the line's thickness (the bars of an "=", a dash, a 1 are no rule)."""
+    (_, _), (rw, rh), angle = cv2.minAreaRect(cv2.findNonZero(piece))
+    length, thick = max(rw, rh), max(1.0, min(rw, rh))
+    return (abs((angle + 45) % 90 - 45) <= FRAME_TILT and length >= 10 * thick and length >= 1.6 * tallest_other
+            and tallest_other >= 3 * thick and np.count_nonzero(piece) >= 0.6 * rw * rh)
 
 
 def _line_family(m: np.ndarray) -> np.ndarray | None:

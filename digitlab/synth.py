@@ -197,3 +197,40 @@ def number_picture_owners(digits: np.ndarray, rng: np.random.Generator, spacing:
         moved = cv2.warpAffine(owner, slant, (w, h), flags=cv2.INTER_NEAREST, borderValue=-1)
         owned = cv2.resize(moved, size, interpolation=cv2.INTER_NEAREST)
     return np.clip(out, 0, 1).astype(np.float32), boxes, owned
+
+
+FORMS = ("box", "comb", "rule")
+
+
+def in_form(picture: np.ndarray, boxes: list[list[int]], form: str, rng: np.random.Generator) -> np.ndarray:
+    """A number (number_picture's picture and digit boxes) written in a form's field: a printed box
+    around it ("box"), a row of boxes, one per digit ("comb"), or a rule under it ("rule"). Lines 1-3 px
+    (before the x1.5-3 scan scale), dark grey to black, the field 0-40% of a digit's height clear of the
+    ink; the page then turned by up to 3 degrees, as a form lies under a phone. float32 (H, W) grey 0..1
+    in and out; the picture grows by the paper the field needs. Raises ValueError for an unknown form."""
+    if form not in FORMS:
+        raise ValueError(f"form: expected one of {', '.join(FORMS)}, got {form!r}")
+    ys, xs = np.nonzero(picture < np.median(picture) - 0.2)
+    x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+    margin = int(rng.uniform(0.05, 0.4) * (y1 - y0)) + 2
+    pad = 2 * margin + 20
+    # More paper: the edge's light carried on (smoothed, so its grain is not drawn out into streaks), with
+    # the picture's own grain (its paper's departures from the smoothed light).
+    smooth = cv2.blur(picture, (9, 9))
+    grain = float(np.median(np.abs(picture - smooth))) * 1.4826
+    page = cv2.copyMakeBorder(smooth, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    page = np.clip(page + rng.normal(0, grain, page.shape), 0, 1).astype(np.float32)
+    page[pad:pad + picture.shape[0], pad:pad + picture.shape[1]] = picture
+    x0, y0, x1, y1 = x0 + pad - margin, y0 + pad - margin, x1 + pad + margin, y1 + pad + margin
+    level, width = float(rng.uniform(0.05, 0.45)), int(rng.integers(1, 4)) * max(1, (y1 - y0) // 40)
+    if form == "rule":
+        cv2.line(page, (x0 - margin, y1), (x1 + margin, y1), level, width)
+    else:
+        cv2.rectangle(page, (x0, y0), (x1, y1), level, width)
+    if form == "comb":  # a side between each two digits, midway between their boxes
+        for left, right in zip(boxes, boxes[1:], strict=False):
+            x = pad + (left[2] + right[0]) // 2
+            cv2.line(page, (x, y0), (x, y1), level, width)
+    h, w = page.shape
+    turn = cv2.getRotationMatrix2D((w / 2, h / 2), float(rng.uniform(-3, 3)), 1.0)
+    return cv2.warpAffine(page, turn, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)

@@ -94,6 +94,26 @@ def test_separators_are_in_the_text_not_in_the_digits(draw, text):
     assert r["text"] == text and len(r["digits"]) == 2
 
 
+@pytest.mark.parametrize("form", ["box", "comb", "rule", "margin"])
+def test_the_lines_of_a_form_or_a_notebook_are_not_digits(form):
+    """Three strokes in a printed box, a row of boxes, over a rule, beside a notebook's margin line: the
+    lines are dropped, the strokes read; before, the box or comb was one mark and the rule or margin a 1."""
+    page = paper(300, 700)
+    for x in (200, 350, 500):
+        bar(page, x, 90, 210)
+    if form in ("box", "comb"):
+        cv2.rectangle(page, (120, 50), (580, 250), 0.2, 3)
+    if form == "comb":
+        for x in (275, 425):
+            cv2.line(page, (x, 50), (x, 250), 0.2, 3)
+    if form == "rule":
+        cv2.line(page, (100, 240), (600, 240), 0.2, 3)
+    if form == "margin":
+        cv2.line(page, (80, 0), (80, 299), 0.2, 3)
+    r = read(Ones(), page)
+    assert r["text"] == "111" and len(r["digits"]) == 3, r
+
+
 def test_slanted_digits_overlapping_in_columns_are_cut_apart():
     """Two slanted strokes whose columns overlap (no straight vertical cut between them) are one mark; a
     cut path that follows the slant separates them (straight cuts at column minima could not). The mark
@@ -286,6 +306,23 @@ def test_the_piece_verifier_reads_touching_digits(trained_model, piece_verifier,
         alone += read(trained_model, picture)["text"] == truth
         verified += read(trained_model, picture, pieces=piece_verifier)["text"] == truth
     assert verified >= 27 and verified >= alone + 5, (alone, verified)
+
+
+def test_numbers_in_form_fields(trained_model, mnist):
+    """Numbers of 4 MNIST test digits in a printed box, a row of boxes and over a rule (synth.in_form):
+    before the frames were dropped, 0-1 of 12 read right in each (the box or comb one mark, the rule
+    merged with every digit above it)."""
+    from digitlab.synth import in_form
+
+    right = {}
+    for form in ("box", "comb", "rule"):
+        rng = np.random.default_rng(5)
+        right[form] = 0
+        for start in range(0, 48, 4):  # test digits 0-47
+            picture, boxes = number_picture(mnist.test_images[start:start + 4], rng, "wide")
+            text = read(trained_model, in_form(picture, boxes, form, rng))["text"]
+            right[form] += text == "".join(map(str, mnist.test_labels[start:start + 4]))
+    assert right["box"] >= 10 and right["comb"] >= 7 and right["rule"] >= 8, right
 
 
 def test_a_single_digit_reads_as_predict_reads_it(trained_model, mnist):
