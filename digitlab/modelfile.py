@@ -59,6 +59,7 @@ class DigitModel:
         self.onnx_threads = 0
         self._session: Any = None
         self._forward_bytes: int | None = None
+        self.path: Path | None = None  # the file it was loaded from (load sets it): its companions lie beside it
 
     @property
     def classes(self) -> list[str]:
@@ -195,7 +196,7 @@ def load(path: str | Path) -> DigitModel:
 
         arch, weights, meta = read_keras(path)
         check_weights(path, arch, weights)
-        return DigitModel(arch, weights, meta)
+        return _from(path, DigitModel(arch, weights, meta))
     if suffix in PICKLE_SUFFIXES or _is_torch_zip(path, head):
         raise ModelFileError(f"{path}: not a digitlab model file (expected safetensors); it looks like a "
                              "PyTorch/pickle file, which digitlab never loads (unpickling can run code); save the "
@@ -204,7 +205,12 @@ def load(path: str | Path) -> DigitModel:
         raise ModelFileError(f"{path}: not a digitlab model file (expected safetensors); ONNX is an export "
                              "format here (`digitlab export`); digitlab loads its own files and Keras's")
     arch, weights, meta = _read_model_file(path)
-    return DigitModel(arch, weights, meta)
+    return _from(path, DigitModel(arch, weights, meta))
+
+
+def _from(path: Path, model: DigitModel) -> DigitModel:
+    model.path = path
+    return model
 
 
 def _zip_names(path: Path, head: bytes) -> list[str]:

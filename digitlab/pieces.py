@@ -58,6 +58,18 @@ def load_verifier(path: str | Path) -> Any:
     return verifier
 
 
+def checked_verifier(pieces: Any) -> Any:
+    """A piece verifier from a path (load_verifier) or a loaded model, which must be one. Raises
+    ModelFileError naming it when it is a digit model (or any model without PIECE_CLASSES)."""
+    if isinstance(pieces, (str, Path)) or hasattr(pieces, "__fspath__"):
+        return load_verifier(pieces)
+    if getattr(pieces, "classes", None) != PIECE_CLASSES:
+        where = getattr(pieces, "path", None) or "pieces"
+        raise ModelFileError(f"{where}: not a piece verifier (classes {getattr(pieces, 'classes', None)!r:.80}, "
+                             f"expected {PIECE_CLASSES})")
+    return pieces
+
+
 def digit_model(path: str | Path) -> Any:
     """Load the digit model to read with. Raises ModelFileError naming the file when it is a piece verifier
     (its classes are PIECE_CLASSES: reading with it would answer "part" and "more" as digits)."""

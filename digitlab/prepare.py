@@ -45,6 +45,7 @@ BIG_ARRAY = 4_000_000  # arrays over this many pixels are shrunk before anything
 SMALL_SIDE = 112  # ... and pictures whose short side is under this many are enlarged to it
 MIN_CONTRAST = 0.12  # ink must differ from its paper by 12% of the paper's brightness (readable ink: 30-95%)
 MIN_SNR = 6.0  # ... and by 6 times the picture's own noise (robust standard deviation)
+CLEAR_TAIL = 0.3  # ink departs from its paper's border by this much of the grey range, paper's light by less
 FRAME_TILT = 8  # degrees: a form box photographed askew is still a frame (squared paper: 6, see _line_family)
 FRAMES_LOOKED_AT = 8  # the largest pieces tested for frames: a bound on the time a busy page takes
 MASS_CENTER = 14.0  # where MNIST's centre of mass lands (rows and columns, pixel-index units)
@@ -250,24 +251,26 @@ def _shrink(g: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
 
 
 def _ink_is_bright(g: np.ndarray) -> bool:
-    """The border is paper (shadowed or lit); ink is what departs from the border's range. Compare how
-    far the darkest 0.5% of pixels lie below the border's 5th percentile with how far the brightest
-    0.5% lie above its 95th. Ink under 0.5% of the picture (specks of dust on blank paper, a fine pen's
-    short stroke) leaves both tails to the paper's noise: within MIN_CONTRAST / 4 of the border's range,
-    and all of the picture but its 0.5% tails within half the grey range (the paper's uneven light; ink
-    that reaches the border spans more). Then compare the largest dark and bright departures from each
-    pixel's own neighbourhood instead (5x5 black and white top-hats: local, so the light's slope across
-    the picture does not count; the picture is blurred, so one hot pixel is no departure). Only then:
-    inside wide ink (a garment, a bold stroke) the top-hats see the narrow gaps, not the ink."""
+    """The border is paper (shadowed or lit); ink is what departs from the border's range. When the darkest
+    or the brightest 0.5% of pixels lie clearly beyond it (CLEAR_TAIL of the grey range: dark ink on
+    paper, chalk on a board, a garment on its ground), the farther tail is the ink. A smaller departure
+    can be the paper's own light (a vignette's bright centre beyond a darker border, a shadow across the
+    border) or ink under 0.5% of the picture (a small digit on a page, specks of dust), faint ink: then
+    each pixel's paper is the median of its surroundings half the picture wide (ink is a minority
+    there; a median follows a shadow's edge and smooth light, and a loop's inside is paper, where a
+    morphological top-hat of that width would call it bright ink), and the ink is the farther of the
+    darkest and brightest departures from it (the picture is blurred: one hot pixel is no departure)."""
     k = max(1, min(g.shape) // 20)
     s = max(1, min(g.shape) // 64)  # a sample is enough for percentiles
     border = np.concatenate([g[:k:s, ::s].ravel(), g[-k::s, ::s].ravel(), g[::s, :k:s].ravel(), g[::s, -k::s].ravel()])
     b_lo, b_hi = _quantiles(border, 0.05, 0.95)
-    lo, hi = _quantiles(g[:: max(1, g.shape[0] // 96), :: max(1, g.shape[1] // 96)].ravel(), 0.005, 0.995)
-    if max(hi - b_hi, b_lo - lo) >= MIN_CONTRAST / 4 or hi - lo >= 0.5:
+    sample = g[:: max(1, g.shape[0] // 96), :: max(1, g.shape[1] // 96)].ravel()
+    lo, hi = _quantiles(sample, 0.005, 0.995)
+    if max(hi - b_hi, b_lo - lo) >= CLEAR_TAIL:
         return hi - b_hi > b_lo - lo
-    square = np.ones((5, 5), np.uint8)
-    return cv2.morphologyEx(g, cv2.MORPH_TOPHAT, square).max() > cv2.morphologyEx(g, cv2.MORPH_BLACKHAT, square).max()
+    grey = (g * 255).round().astype(np.uint8)  # (OpenCV's wide median filter needs 8 bits)
+    departure = grey.astype(np.int16) - cv2.medianBlur(grey, max(5, min(g.shape) // 2 | 1))
+    return int(departure.max()) > -int(departure.min())
 
 
 def _quantiles(x: np.ndarray, low: float, high: float) -> tuple[float, float]:

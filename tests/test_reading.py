@@ -412,3 +412,36 @@ def test_read_takes_a_path_as_predict_does(tmp_path):
     path.write_bytes(png(page))
     assert digitlab.read(Ones(), str(path)) == digitlab.read(Ones(), path) == read_file(Ones(), path)
     assert digitlab.read(Ones(), path)["source"] == str(path) and digitlab.read(Ones(), path)["text"] == "1"
+
+
+def test_python_read_uses_the_verifier_beside_the_model_as_the_cli_does(tiny_model_path, piece_verifier_path,
+                                                                          tmp_path, monkeypatch):
+    """digitlab.read(model, ...) read without the verifier the CLI and the server find beside the model file
+    (the newcomer's touching 4444 read 4141 in Python, 4444 in the CLI): "auto" is now the default."""
+    import shutil
+
+    import digitlab.reading
+    from digitlab.pieces import PIECE_CLASSES
+
+    model_path = tmp_path / "m.safetensors"
+    shutil.copy(tiny_model_path, model_path)
+    shutil.copy(piece_verifier_path, tmp_path / "m.pieces.safetensors")
+    given = []
+    original = digitlab.reading.read
+    monkeypatch.setattr(digitlab.reading, "read", lambda m, p, s="picture", pieces=None: given.append(pieces)
+                        or original(m, p, s, pieces))
+    model = digitlab.load(str(model_path))
+    digitlab.read(model, paper())
+    digitlab.read(str(model_path), paper())
+    digitlab.read(model, paper(), pieces=None)
+    assert [None if v is None else v.classes for v in given] == [PIECE_CLASSES, PIECE_CLASSES, None]
+
+
+def test_python_read_refuses_a_verifier_for_a_model_and_a_model_for_a_verifier(tiny_model_path,
+                                                                               piece_verifier_path):
+    from digitlab.errors import ModelFileError
+
+    with pytest.raises(ModelFileError, match="not a piece verifier"):
+        digitlab.read(digitlab.load(str(tiny_model_path)), paper(), pieces=digitlab.load(str(tiny_model_path)))
+    with pytest.raises(ModelFileError, match="a piece verifier, not a digit model"):
+        digitlab.read(str(piece_verifier_path), paper())
