@@ -172,6 +172,11 @@ def import_keras(path: str | Path, out: str | Path) -> Path:
     return save(out, weights, meta)
 
 
+# The first bytes of the image files a user may give where a model is asked for (arguments swapped).
+IMAGE_MAGIC = ((b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"RIFF", "WebP"))
+
+
 def load(path: str | Path) -> DigitModel:
     """Load a digitlab model file, or a Keras .h5/.keras file of the tutorial's network.
 
@@ -201,6 +206,10 @@ def load(path: str | Path) -> DigitModel:
         raise ModelFileError(f"{path}: not a digitlab model file (expected safetensors); it looks like a "
                              "PyTorch/pickle file, which digitlab never loads (unpickling can run code); save the "
                              "weights with safetensors, or train or import a model with digitlab")
+    image = next((kind for magic, kind in IMAGE_MAGIC if head.startswith(magic)), None)
+    if image is not None:
+        raise ModelFileError(f"{path}: a {image} image, not a model file (give the model first, then the "
+                             "images: `digitlab predict MODEL IMAGE...`, `digitlab read MODEL IMAGE...`)")
     if suffix == ".onnx":
         raise ModelFileError(f"{path}: not a digitlab model file (expected safetensors); ONNX is an export "
                              "format here (`digitlab export`); digitlab loads its own files and Keras's")

@@ -46,6 +46,7 @@ SMALL_SIDE = 112  # ... and pictures whose short side is under this many are enl
 MIN_CONTRAST = 0.12  # ink must differ from its paper by 12% of the paper's brightness (readable ink: 30-95%)
 MIN_SNR = 6.0  # ... and by 6 times the picture's own noise (robust standard deviation)
 CLEAR_TAIL = 0.3  # ink departs from its paper's border by this much of the grey range, paper's light by less
+MARK_GAP = 0.25  # in a number, pieces one above the other this share of the taller's height apart are two marks
 FRAME_TILT = 8  # degrees: a form box photographed askew is still a frame (squared paper: 6, see _line_family)
 FRAMES_LOOKED_AT = 8  # the largest pieces tested for frames: a bound on the time a busy page takes
 MASS_CENTER = 14.0  # where MNIST's centre of mass lands (rows and columns, pixel-index units)
@@ -497,10 +498,13 @@ def _line_family(m: np.ndarray) -> np.ndarray | None:
     return cv2.warpAffine(sheared_lines, unshear, (w, h), flags=cv2.INTER_NEAREST) & m
 
 
-def find_marks(ink: np.ndarray, mask: np.ndarray, stroke: float = 0.05) -> list[list[tuple[int, int, int, int]]]:
+def find_marks(ink: np.ndarray, mask: np.ndarray, stroke: float = 0.05, stack_gap: float | None = None
+               ) -> list[list[tuple[int, int, int, int]]]:
     """The digit-sized marks in an ink map, left to right; each mark is a list of piece boxes
     (x0, y0, x1, y1) in ink-map pixels. Pieces overlapping horizontally by a third of the narrower one
-    are one mark (a 5's bar, a broken 4 or 8); pieces and marks much smaller than the largest are specks.
+    are one mark (a 5's bar, a broken 4 or 8; with stack_gap, only those at most stack_gap of the taller's
+    height apart: a number's reader passes MARK_GAP, so that a caption under it stays apart); pieces and
+    marks much smaller than the largest are specks.
     stroke: the fraction of the map's short side a mark's longest piece must span (a finer map of the same
     picture passes a smaller one, so that the bound stays the same size on the picture)."""
     mask = mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8)
@@ -515,9 +519,11 @@ def find_marks(ink: np.ndarray, mask: np.ndarray, stroke: float = 0.05) -> list[
     groups: list[list[tuple[int, int, int, int, int]]] = []
     for b in boxes:
         for g in groups:
-            gx0, gx1 = min(p[0] for p in g), max(p[2] for p in g)
+            gx0, gy0, gx1, gy1 = _union(g)
             overlap = min(gx1, b[2]) - max(gx0, b[0])
-            if overlap >= min(gx1 - gx0, b[2] - b[0]) / 3:
+            gap = max(b[1] - gy1, gy0 - b[3])  # (a caption under a number shares its columns)
+            near = stack_gap is None or gap <= stack_gap * max(gy1 - gy0, b[3] - b[1])
+            if overlap >= min(gx1 - gx0, b[2] - b[0]) / 3 and near:
                 g.append(b)
                 break
         else:

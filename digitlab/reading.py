@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from digitlab.images import grey
-from digitlab.prepare import check_2d, find_marks, ink_map, ink_polarity, is_mnist_like, to_28x28
+from digitlab.prepare import MARK_GAP, check_2d, find_marks, ink_map, ink_polarity, is_mnist_like, to_28x28
 from digitlab.trust import DEFAULT_CALIBRATION, calibration_of, energy_score
 
 MAX_MARKS = 32  # marks read in one picture; more is a page of text, read in part ("too_many_marks")
@@ -101,7 +101,7 @@ def read(model: Any, picture: Any, source: str = "picture", pieces: Any = None) 
             if is_mnist_like(candidate):  # MNIST's own images: read as they are, as predict reads them
                 return _record(model, source, "ok", *_read_mnist(model, candidate), [])
     ink, scale, stroke = _ink_at_digit_scale(g)
-    marks = find_marks(ink, ink > 0, stroke=stroke)
+    marks = find_marks(ink, ink > 0, stroke=stroke, stack_gap=MARK_GAP)
     if marks:
         marks = sorted(marks + _short_digits(ink, marks), key=lambda m: _union(m)[0])
     status = "ok" if marks else "empty"
@@ -111,7 +111,10 @@ def read(model: Any, picture: Any, source: str = "picture", pieces: Any = None) 
         status, marks = "too_many_marks", marks[:MAX_MARKS]
     digits, boxes = _read_marks(model, ink, marks, pieces, scale) if marks else ([], [])
     boxes = [_original_box(b, scale, w, h) for b in boxes]
-    separators = [(s, _original_box(b, scale, w, h)) for s, b in _separators(ink, marks)]
+    found = _separators(ink, marks)
+    if status == "ok" and _unread_ink(ink, marks, [b for _, b in found]):
+        status = "unsure"  # the text is the best reading of the digits found, but ink was left out of it
+    separators = [(s, _original_box(b, scale, w, h)) for s, b in found]
     return _record(model, source, status, digits, boxes, separators)
 
 
@@ -149,7 +152,7 @@ def _ink_at_digit_scale(g: np.ndarray) -> tuple[np.ndarray, float, float]:
     is mapped again 4x finer, up to MAX_WORK_SIDE. Returns (ink, scale, stroke): find_marks' stroke bound
     for that map (kept the same size on the picture as at READ_SIDE when the map was made finer)."""
     ink, scale = ink_map(g, work_side=READ_SIDE)
-    marks, stroke = find_marks(ink, ink > 0), 0.05
+    marks, stroke = find_marks(ink, ink > 0, stack_gap=MARK_GAP), 0.05
     bright = None  # a finer map keeps READ_SIDE's judgement of the ink's polarity (judged when first needed)
     side = READ_SIDE
     while not marks and scale > 1 and side < min(max(g.shape), MAX_WORK_SIDE):
@@ -157,7 +160,7 @@ def _ink_at_digit_scale(g: np.ndarray) -> tuple[np.ndarray, float, float]:
         bright = ink_polarity(g, READ_SIDE) if bright is None else bright
         ink, scale = ink_map(g, work_side=side, bright=bright)
         stroke = 0.05 * READ_SIDE / max(ink.shape)
-        marks = find_marks(ink, ink > 0, stroke=stroke)
+        marks = find_marks(ink, ink > 0, stroke=stroke, stack_gap=MARK_GAP)
     if not marks or scale <= 1:
         return ink, scale, stroke
     height = float(np.median([_union(m)[3] - _union(m)[1] for m in marks]))
@@ -462,6 +465,21 @@ def _short_digits(ink: np.ndarray, marks: list[list[Box]]) -> list[list[Box]]:
             and a >= 0.05 * area]
 
 
+def _unread_ink(ink: np.ndarray, marks: list[list[Box]], separators: list[Box]) -> bool:
+    """Whether a piece of ink in the digits' line, outside the marks and separators, is too big to be a
+    crumb: a quarter of the line's median digit height and a twentieth of its ink (a digit written much
+    smaller than the others, a letter, a mark not read): "ok" would say the text holds all the line holds.
+    (A caption above or below the line is not the number.)"""
+    if not marks:
+        return False
+    unions = [_union(m) for m in marks]
+    height = float(np.median([u[3] - u[1] for u in unions]))
+    area = float(np.median([(u[2] - u[0]) * (u[3] - u[1]) for u in unions]))
+    top, foot = float(np.median([u[1] for u in unions])), float(np.median([u[3] for u in unions]))
+    return any(b not in separators and b[1] < foot and b[3] > top and b[3] - b[1] >= 0.25 * height
+               and a >= 0.05 * area for b, a in _leftovers(ink, marks))
+
+
 def _separators(ink: np.ndarray, marks: list[list[Box]]) -> list[tuple[str, Box]]:
     """Decimal points or commas (".") and dashes ("-") in the line of marks, with their working boxes:
     pieces of ink outside every mark, sized and placed relative to the digits' line (top, height)."""
@@ -477,7 +495,8 @@ def _separators(ink: np.ndarray, marks: list[list[Box]]) -> list[tuple[str, Box]
             continue
         cy = (y0 + bh / 2 - top) / height  # 0 at the digits' top, 1 at their foot
         apart = all(x1 <= u[0] or x0 >= u[2] for u in unions)  # beside the digits, not a crumb of one
-        if apart and 0.1 * height <= max(bw, bh) and bw <= 0.35 * height and bh <= 0.45 * height and cy > 0.65 \
+        # (a point or comma sits on the line's foot; lower down is a caption under it, not part of the number)
+        if apart and 0.1 * height <= max(bw, bh) and bw <= 0.35 * height and bh <= 0.45 * height and 0.65 < cy < 1.2 \
                 and area >= 0.3 * bw * bh:
             found.append((".", (x0, y0, x1, y1)))
         elif 0.2 * height <= bw <= 1.2 * height and bh <= 0.3 * height and bw >= 2 * bh and 0.25 < cy < 0.75:

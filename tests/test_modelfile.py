@@ -415,3 +415,15 @@ def test_every_architecture_reloads_into_torch(tmp_path, arch):
     with torch.no_grad():
         z = model.to_torch()(torch.from_numpy(x)[:, None]).numpy()
     assert np.allclose(z, numpy_forward(cfg, model.weights, x), atol=1e-4)
+
+
+@pytest.mark.parametrize(("fmt", "kind"), [("PNG", "PNG"), ("JPEG", "JPEG"), ("GIF", "GIF"), ("BMP", "BMP"),
+                                           ("TIFF", "TIFF"), ("WEBP", "WebP")])
+def test_an_image_given_as_the_model_says_so(tmp_path, fmt, kind):
+    """`digitlab read IMAGE MODEL` (arguments swapped) said "header declares 727,905,341,920,923,785 bytes"."""
+    from PIL import Image
+
+    path = tmp_path / "digit.img"
+    Image.new("L", (28, 28), 255).save(path, fmt)
+    with pytest.raises(ModelFileError, match=f"a {kind} image, not a model file"):
+        modelfile.load(path)

@@ -114,6 +114,30 @@ def test_the_lines_of_a_form_or_a_notebook_are_not_digits(form):
     assert r["text"] == "111" and len(r["digits"]) == 3, r
 
 
+def test_a_caption_under_a_number_is_not_part_of_its_digits():
+    """Pieces sharing columns were one mark however far apart: the newcomer's meter reading with "kWh"
+    printed under it read 04317 (the 2 and the caption one mark). A 5's bar just above stays its digit's."""
+    page = paper(300, 600)
+    for x in (150, 300, 450):
+        bar(page, x, 40, 160)
+    for x in (270, 300, 330):  # a caption's letters under the middle digit, a third of its height below
+        cv2.line(page, (x, 200), (x, 240), 0.1, 6)
+    r = read(Ones(), page)
+    assert r["text"] == "111" and r["digits"][1]["box"][3] <= 175, r
+
+
+def test_ink_left_unread_in_the_line_makes_the_reading_unsure():
+    """A last digit a third the others' height is neither a digit (SHORT_DIGIT) nor a separator: it was
+    dropped and the reading said "ok" (the newcomer's 5678 read "567 ok"). Now the text is the best
+    reading of what was read, and the status says ink was left out."""
+    page = paper()
+    for x in (150, 250, 350):
+        bar(page, x, 40, 160)
+    cv2.ellipse(page, (460, 143), (18, 18), 0, 0, 360, 0.1, 7)  # a small 0 on the baseline
+    r = read(Ones(), page)
+    assert r["text"] == "111" and r["status"] == "unsure", r
+
+
 def test_slanted_digits_overlapping_in_columns_are_cut_apart():
     """Two slanted strokes whose columns overlap (no straight vertical cut between them) are one mark; a
     cut path that follows the slant separates them (straight cuts at column minima could not). The mark
