@@ -363,7 +363,7 @@ def _drop_frames(contrast: np.ndarray, t: float, rules: bool = False) -> np.ndar
         piece = (labels[y:y + h, x:x + w] == i).view(np.uint8)
         if rules:
             others = float(np.delete(heights, i - 1).max(initial=0))
-            drop[y:y + h, x:x + w] |= (piece > 0) & bool(others and _is_rule(piece, others))
+            drop[y:y + h, x:x + w] |= (piece > 0) & bool(others and _is_rule(piece, others, mask.shape[0]))
             continue
         lines = _frame_lines(piece)
         if lines is None:
@@ -438,36 +438,62 @@ def _holes(piece: np.ndarray) -> float:
 
 def _side(cover: np.ndarray) -> int:
     """How far the frame's side reaches in from the start of cover (rows or columns of a levelled piece,
-    ink cover 0..1): past the last of the outer fifth's lines 90% ink; 0 if there is none."""
+    ink cover 0..1): to the end of the first run of lines 90% ink, which must begin in the outer fifth
+    (a comb's first cell, or a digit in it, lies beyond); 0 if there is none."""
     found = np.flatnonzero(cover[:max(1, len(cover) // 5)] >= 0.9)
-    return int(found.max()) + 1 if found.size else 0
+    if not found.size:
+        return 0
+    gaps = np.flatnonzero(cover[found[0]:] < 0.9)
+    return int(found[0] + (gaps[0] if gaps.size else len(cover) - found[0]))
 
 
 def _inner_lines(cover: np.ndarray, start: int, end: int) -> np.ndarray:
     """The rows (or columns) of a frame that are its lines, from their ink cover over the inside (0..1):
     its sides (the first `start` and last `end`) with up to 2 neighbours a third covered (soft or uneven
-    edges), and inner lines 97% covered and as thin as the sides (plus 2 for the edges: a comb's inner
-    sides are printed like its outer ones and run whole from one side to the other; a digit's stroke that
-    touches both is bolder)."""
+    edges), and a comb's inner sides: lines 97% covered, as thin as the sides (plus 2 for the edges) and
+    evenly spaced between them (_comb): a digit's stroke that touches both sides (a 1 in a tight cell)
+    is bolder, or lies between a comb's sides, not where they fall."""
     n = len(cover)
     core = cover >= 0.97
     core[:start] = core[n - end:] = True
     lines = (cv2.dilate(core.astype(np.uint8)[:, None], np.ones((5, 1), np.uint8))[:, 0] > 0) & (cover >= 0.3)
     lines[:start] = lines[n - end:] = True
     bounds = np.flatnonzero(np.diff(np.concatenate([[0], lines.view(np.int8), [0]])))
-    for a, b in zip(bounds[::2], bounds[1::2], strict=True):
-        if a >= start + 2 and b <= n - end - 2 and b - a > max(start, end) + 2:
+    inner = [(a, b) for a, b in zip(bounds[::2], bounds[1::2], strict=True) if a >= start + 2 and b <= n - end - 2]
+    kept = _comb([(a, b) for a, b in inner if b - a <= max(start, end) + 2], start / 2, n - end / 2)
+    for a, b in inner:
+        if (a, b) not in kept:
             lines[a:b] = False
     return lines
 
 
-def _is_rule(piece: np.ndarray, tallest_other: float) -> bool:
+def _comb(runs: list[tuple[int, int]], first: float, last: float) -> list[tuple[int, int]]:
+    """The most runs (a, b) that split first..last into equal cells, each within 15% of a cell of where
+    it should fall (a row of boxes is printed evenly); [] if none do."""
+    centres = [(a + b) / 2 for a, b in runs]
+    for cells in range(len(runs) + 1, 1, -1):
+        width = (last - first) / cells
+        picked = []
+        for j in range(1, cells):
+            near = [k for k, c in enumerate(centres) if abs(c - (first + j * width)) <= 0.15 * width]
+            if not near:
+                break
+            picked.append(runs[min(near, key=lambda k: abs(centres[k] - (first + j * width)))])
+        else:
+            return picked
+    return []
+
+
+def _is_rule(piece: np.ndarray, tallest_other: float, map_height: int) -> bool:
     """Whether piece (uint8 0/1) is a ruled line: a field's rule under or over a number, a notebook's margin
     line beside it. Straight, level or upright (its minimum-area rectangle within FRAME_TILT degrees, 60%
     filled), 10 times as long as thick and 1.6 times as long as the tallest other piece is tall, which
-    must be a mark, 3 times the line's thickness (the bars of an "=", a dash, a 1 are no rule)."""
+    must be a mark, 3 times the line's thickness (the bars of an "=", a dash are no rule); upright, it
+    must also cross 75% of the map's height (a long straight 1 beside a shorter digit is no margin)."""
     if min(piece.shape) > 0.25 * max(piece.shape):
         return False  # (cheap first: a line within FRAME_TILT of level or upright has a thin box)
+    if piece.shape[0] > piece.shape[1] and piece.shape[0] < 0.75 * map_height:
+        return False
     (_, _), (rw, rh), angle = cv2.minAreaRect(cv2.findNonZero(piece))
     length, thick = max(rw, rh), max(1.0, min(rw, rh))
     return (abs((angle + 45) % 90 - 45) <= FRAME_TILT and length >= 10 * thick and length >= 1.6 * tallest_other

@@ -204,7 +204,7 @@ FORMS = ("box", "comb", "rule")
 
 def in_form(picture: np.ndarray, boxes: list[list[int]], form: str, rng: np.random.Generator) -> np.ndarray:
     """A number (number_picture's picture and digit boxes) written in a form's field: a printed box
-    around it ("box"), a row of boxes, one per digit ("comb"), or a rule under it ("rule"). Lines 1-3 px
+    around it ("box"), a row of equal boxes, one per digit ("comb"), or a rule under it ("rule"). Lines 1-3 px
     (before the x1.5-3 scan scale), dark grey to black, the field 0-40% of a digit's height clear of the
     ink; the page then turned by up to 3 degrees, as a form lies under a phone. float32 (H, W) grey 0..1
     in and out; the picture grows by the paper the field needs. Raises ValueError for an unknown form."""
@@ -227,9 +227,9 @@ def in_form(picture: np.ndarray, boxes: list[list[int]], form: str, rng: np.rand
         cv2.line(page, (x0 - margin, y1), (x1 + margin, y1), level, width)
     else:
         cv2.rectangle(page, (x0, y0), (x1, y1), level, width)
-    if form == "comb":  # a side between each two digits, midway between their boxes
-        for left, right in zip(boxes, boxes[1:], strict=False):
-            x = pad + (left[2] + right[0]) // 2
+    if form == "comb":  # a row of equal boxes, one per digit, as forms print them (a digit may cross a side)
+        for j in range(1, len(boxes)):
+            x = round(x0 + j * (x1 - x0) / len(boxes))
             cv2.line(page, (x, y0), (x, y1), level, width)
     h, w = page.shape
     turn = cv2.getRotationMatrix2D((w / 2, h / 2), float(rng.uniform(-3, 3)), 1.0)

@@ -114,6 +114,16 @@ def test_the_lines_of_a_form_or_a_notebook_are_not_digits(form):
     assert r["text"] == "111" and len(r["digits"]) == 3, r
 
 
+def test_a_long_straight_1_beside_shorter_digits_is_not_a_margin_line():
+    """A lone upright line 1.6x the other marks' height was dropped as a notebook's margin line: the
+    fresh user's 16 read "6 ok". An upright rule must also cross 75% of the picture's height."""
+    page = paper(400, 600)
+    bar(page, 150, 60, 340)  # the 1: 280 px, 70% of the picture
+    bar(page, 300, 200, 340)  # shorter digits: 140 px
+    bar(page, 420, 200, 340)
+    assert read(Ones(), page)["text"] == "111"
+
+
 def test_a_caption_under_a_number_is_not_part_of_its_digits():
     """Pieces sharing columns were one mark however far apart: the newcomer's meter reading with "kWh"
     printed under it read 04317 (the 2 and the caption one mark). A 5's bar just above stays its digit's."""
