@@ -62,7 +62,7 @@ CUT_POOL_FROM = 32  # marks at least this many px tall have their cut paths foun
 CUT_SLANTS = (-0.3, -0.15, 0.0, 0.15, 0.3)  # straight cuts at these slants (columns per row) too, ...
 CUT_STRAIGHT = 2  # ... at most this many per height of a mark's width (beside MAX_CUTS_PER_HEIGHT cheapest paths)
 CUT_ROWS = (0.25, 0.5, 0.75)  # cut paths go through the minima of the cheapest paths' cost along these rows (of h)
-CUT_SAME = 0.1  # cut paths whose left ink differs by less than this share of a digit's ink are one cut
+CUT_SAME = 0.1  # cut paths with less than this share of a digit's ink between them are one cut
 CUT_INK = 0.5  # what a cut costs per stroke of ink it crosses, ...
 STROKE = 0.11  # ... a stroke being this many digit heights wide (MNIST: ~2.2 px of 20)
 FIRST_PENALTY = 0.5  # log-probability each digit costs in the first pass (no energy term: the classifier is sure
@@ -374,8 +374,7 @@ def _cut_paths(crop: np.ndarray, most: int) -> list[np.ndarray]:
     ink overlaps in columns, where a straight cut would cross both. The candidates are the cheapest whole
     paths through the minima of that cost along the rows CUT_ROWS, cheapest first, at most `most`; and
     straight cuts at the slants CUT_SLANTS (_straight_cuts), at most CUT_STRAIGHT for every
-    MAX_CUTS_PER_HEIGHT of `most`. Of paths that leave the same ink on their left only the first is kept
-    (_distinct_cuts)."""
+    MAX_CUTS_PER_HEIGHT of `most`; of two with little ink between them only the first (_distinct_cuts)."""
     h, w = crop.shape
     f = 2 if h >= CUT_POOL_FROM else 1  # rows taken in pairs: a sideways step per pair, a slant up to 1 in 2
     pooled = np.pad(crop, ((0, -h % f), (0, 0))).reshape(-(-h // f), f, w).sum(axis=1)
@@ -425,25 +424,27 @@ def _straight_cuts(crop: np.ndarray) -> np.ndarray:
 
 def _distinct_cuts(crop: np.ndarray, pools: list[tuple[np.ndarray, int]]) -> list[np.ndarray]:
     """The cuts of a mark (ink crop (h, w)) taken from pools of candidates ((paths int64 (k, h), best first;
-    at most `most` taken), pool by pool: of paths that leave the same ink on their left (within CUT_SAME
-    of a digit-sized square's ink) only the first is kept, none with less than that on one side (they
-    would cut off a crumb); left to right."""
+    at most `most` taken), pool by pool: of paths with less ink between them than CUT_SAME of a
+    digit-sized square's ink only the first is kept, and none with less than that on one side (it would
+    cut off a crumb); left to right."""
     h, w = crop.shape
     rows = np.arange(h)
     ink_left = np.cumsum(np.pad(crop, ((0, 0), (1, 0))), axis=1)
     total = float(crop.sum())
     same = CUT_SAME * total * h / max(w, h)  # a share of the ink of one digit-sized square of the mark
-    kept: list[tuple[float, np.ndarray]] = []
+    kept: list[tuple[np.ndarray, np.ndarray]] = []  # (ink left of the path in each row, path)
     for paths, most in pools:
         taken = 0
         for p in paths:
             if taken >= most:
                 break
-            left = float(ink_left[rows, p].sum())
-            if same <= left <= total - same and all(abs(left - a) > same for a, _ in kept):
+            left = ink_left[rows, p]
+            # the ink between two cuts, not the difference of their left ink: cuts through two strokes of
+            # equal ink at different places leave the same ink on their left
+            if same <= left.sum() <= total - same and all(np.abs(left - a).sum() > same for a, _ in kept):
                 kept.append((left, p))
                 taken += 1
-    return [p for _, p in sorted(kept, key=lambda t: t[0])]
+    return [p for _, p in sorted(kept, key=lambda t: float(t[0].sum()))]
 
 
 def _path_costs(cost: np.ndarray) -> np.ndarray:
