@@ -77,6 +77,8 @@ VERIFIER_DOUBT = 0.5  # a mark the verifier reads as one whole digit below this 
 # The DOUBT_, CUT_ and the five constants above tuned on strings of MNIST *training* digits 50,000-59,999 drawn
 # as benchmarks/read_numbers.py draws its test digits (never on the benchmark's strings), with a `fast` model;
 # the VERIFIER_ ones likewise (seed 123), with the verifier `python -m digitlab.pieces` trains by default.
+# CUT_SLANTS and CUT_STRAIGHT likewise (seed 123, 300 touching strings), with the `best` model (best-oe) and
+# its verifier: wider slants (+-0.45) or more cuts of either kind read no better or cost too much time.
 # The log of each MNIST digit's ink width / height: mean and standard deviation per class 0..9, measured on
 # the 60,000 training images (ink > 25 of 255).
 ASPECT_LOG_NORMAL = [(-0.10, 0.18), (-0.88, 0.44), (-0.06, 0.20), (-0.21, 0.20), (-0.22, 0.20), (-0.07, 0.24),
