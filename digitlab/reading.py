@@ -10,9 +10,12 @@ dropped), and each digit's ink through MNIST's own recipe (to_28x28) before the 
 - Touching digits: a mark in doubt (wider than DOUBT_ASPECT line heights, read below DOUBT_PROBABILITY,
   or shaped unlike its digit) is over-cut along minimum-cost paths from its top to its bottom through
   the least ink (_cut_paths), which follow the writing's slant and the valley between two digits whose
-  ink overlaps in columns, where no straight vertical cut exists. Its reading is the chain of pieces
-  (the whole mark among them) with the largest sum of each piece's score, less SPLIT_PENALTY per digit:
-  a small dynamic programme over the alternatives, chosen by the classifier, not a fixed width rule.
+  ink overlaps in columns, where no straight vertical cut exists; and along straight lines at a few
+  slants through the least ink (_straight_cuts: where one digit leans into another's curve or their
+  strokes cross, the cheapest path bends round ink that the cut between them goes through). Its reading
+  is the chain of pieces (the whole mark among them) with the largest sum of each piece's score, less
+  SPLIT_PENALTY per digit: a small dynamic programme over the alternatives, chosen by the classifier, not
+  a fixed width rule.
   A piece's score (_piece_score): the log-probability of its digit, and the log-likelihoods of its
   shape for that digit (ASPECT_LOG_NORMAL, from MNIST), of its height against the line's, and of its
   energy (the log-sum-exp of the logits) against the line's reference: the softmax is sure of a
@@ -56,8 +59,10 @@ MAX_CUTS_PER_HEIGHT = 3  # candidate cut paths per height of a mark's width (bou
 CUT_FLOOR = 0.05  # what a paper pixel costs a cut path (ink: up to 1 more): among inkless paths, the straightest
 CUT_STEP = 0.5  # what a cut path's sideways step costs: a slant of 0.15 over a 32 px digit is ~5 steps
 CUT_POOL_FROM = 32  # marks at least this many px tall have their cut paths found on pairs of rows (half the work)
+CUT_SLANTS = (-0.3, -0.15, 0.0, 0.15, 0.3)  # straight cuts at these slants (columns per row) too, ...
+CUT_STRAIGHT = 2  # ... at most this many per height of a mark's width (beside MAX_CUTS_PER_HEIGHT cheapest paths)
 CUT_ROWS = (0.25, 0.5, 0.75)  # cut paths go through the minima of the cheapest paths' cost along these rows (of h)
-CUT_SAME = 0.1  # cut paths whose left ink differs by less than this share of a digit's ink are one cut
+CUT_SAME = 0.1  # cut paths with less than this share of a digit's ink between them are one cut
 CUT_INK = 0.5  # what a cut costs per stroke of ink it crosses, ...
 STROKE = 0.11  # ... a stroke being this many digit heights wide (MNIST: ~2.2 px of 20)
 FIRST_PENALTY = 0.5  # log-probability each digit costs in the first pass (no energy term: the classifier is sure
@@ -72,6 +77,8 @@ VERIFIER_DOUBT = 0.5  # a mark the verifier reads as one whole digit below this 
 # The DOUBT_, CUT_ and the five constants above tuned on strings of MNIST *training* digits 50,000-59,999 drawn
 # as benchmarks/read_numbers.py draws its test digits (never on the benchmark's strings), with a `fast` model;
 # the VERIFIER_ ones likewise (seed 123), with the verifier `python -m digitlab.pieces` trains by default.
+# CUT_SLANTS and CUT_STRAIGHT likewise (seed 123, 300 touching strings), with the `best` model (best-oe) and
+# its verifier: wider slants (+-0.45) or more cuts of either kind read no better or cost too much time.
 # The log of each MNIST digit's ink width / height: mean and standard deviation per class 0..9, measured on
 # the 60,000 training images (ink > 25 of 255).
 ASPECT_LOG_NORMAL = [(-0.10, 0.18), (-0.88, 0.44), (-0.06, 0.20), (-0.21, 0.20), (-0.22, 0.20), (-0.07, 0.24),
@@ -370,9 +377,9 @@ def _cut_paths(crop: np.ndarray, most: int) -> list[np.ndarray]:
     its ink plus CUT_FLOOR and each sideways step CUT_STEP (on rows taken in pairs for a mark CUT_POOL_FROM
     px tall or more), so a cut follows the slant of the writing and the valley between two digits whose
     ink overlaps in columns, where a straight cut would cross both. The candidates are the cheapest whole
-    paths through the minima of that cost along the rows CUT_ROWS, cheapest first; of paths that leave the
-    same ink on their left (within CUT_SAME of a digit-sized square's ink) only the cheapest is kept, none
-    with less than that on one side; at most `most`."""
+    paths through the minima of that cost along the rows CUT_ROWS, cheapest first, at most `most`; and
+    straight cuts at the slants CUT_SLANTS (_straight_cuts), at most CUT_STRAIGHT for every
+    MAX_CUTS_PER_HEIGHT of `most`; of two with little ink between them only the first (_distinct_cuts)."""
     h, w = crop.shape
     f = 2 if h >= CUT_POOL_FROM else 1  # rows taken in pairs: a sideways step per pair, a slant up to 1 in 2
     pooled = np.pad(crop, ((0, -h % f), (0, 0))).reshape(-(-h // f), f, w).sum(axis=1)
@@ -384,25 +391,65 @@ def _cut_paths(crop: np.ndarray, most: int) -> list[np.ndarray]:
         t = through[y]
         xs = 1 + np.flatnonzero((t[1:-1] <= t[:-2]) & (t[1:-1] < t[2:]))  # the row's minima
         starts += [(float(t[x]), y, int(x)) for x in xs]
-    if not starts:
-        return []
-    starts.sort()
-    y0s, xs = np.array([y for _, y, _ in starts]), np.array([x for _, _, x in starts])
-    walled = [np.pad(t, ((0, 0), (1, 1)), constant_values=np.inf) for t in (down, up)]
-    paths = _trace(walled[0], y0s, xs)  # up from each start row, on the costs from the top ...
-    paths[:, ::-1] = np.maximum(paths[:, ::-1], _trace(walled[1], len(cost) - 1 - y0s, xs))  # ... and down
-    paths = np.repeat(paths, f, axis=1)[:, :h]
+    paths = np.zeros((0, h), np.int64)
+    if starts:
+        starts.sort()
+        y0s, xs = np.array([y for _, y, _ in starts]), np.array([x for _, _, x in starts])
+        walled = [np.pad(t, ((0, 0), (1, 1)), constant_values=np.inf) for t in (down, up)]
+        paths = _trace(walled[0], y0s, xs)  # up from each start row, on the costs from the top ...
+        paths[:, ::-1] = np.maximum(paths[:, ::-1], _trace(walled[1], len(cost) - 1 - y0s, xs))  # ... and down
+        paths = np.repeat(paths, f, axis=1)[:, :h]
+    straight = math.ceil(most * CUT_STRAIGHT / MAX_CUTS_PER_HEIGHT)  # the same bound per height of the mark's width
+    return _distinct_cuts(crop, [(paths, most), (_straight_cuts(crop), straight)])
+
+
+def _straight_cuts(crop: np.ndarray) -> np.ndarray:
+    """Straight cuts of a mark (ink crop, float 0..1, (h, w)) at each slant of CUT_SLANTS (columns per row),
+    at the minima of the ink along lines of that slant, least ink first: int64 (k, h), a column per row.
+    A cheapest path (_cut_paths) bends round ink it could cross; where two digits' strokes cross or
+    one digit leans into the other's curve, the cut between them is a straight line through a stroke or
+    two, which no cheapest path takes."""
+    import cv2
+
+    h, w = crop.shape
     rows = np.arange(h)
-    left = np.cumsum(np.pad(crop, ((0, 0), (1, 0))), axis=1)[rows, paths].sum(axis=1)  # ink left of each path
+    found = []
+    for slant in CUT_SLANTS:
+        shift = np.round(slant * (rows - (h - 1) / 2)).astype(np.int64)  # each row's offset from the middle row
+        pad = int(np.abs(shift).max())
+        # the mark sheared so that lines of this slant are columns (nearest pixel: the columns the path takes)
+        sheared = cv2.warpAffine(crop, np.float32([[1, -slant, slant * (h - 1) / 2 + pad], [0, 1, 0]]),
+                                 (w + 2 * pad, h), flags=cv2.INTER_NEAREST)
+        ink = np.convolve(sheared.sum(axis=0), np.ones(3) / 3, mode="same")  # a crossing of a stroke, not a pixel
+        xs = 1 + np.flatnonzero((ink[1:-1] <= ink[:-2]) & (ink[1:-1] < ink[2:]))
+        found += [(float(ink[x]), np.clip(x - pad + shift, 0, w)) for x in xs]
+    found.sort(key=lambda t: t[0])
+    return np.array([c for _, c in found], np.int64).reshape(-1, h)
+
+
+def _distinct_cuts(crop: np.ndarray, pools: list[tuple[np.ndarray, int]]) -> list[np.ndarray]:
+    """The cuts of a mark (ink crop (h, w)) taken from pools of candidates ((paths int64 (k, h), best first;
+    at most `most` taken), pool by pool: of paths with less ink between them than CUT_SAME of a
+    digit-sized square's ink only the first is kept, and none with less than that on one side (it would
+    cut off a crumb); left to right."""
+    h, w = crop.shape
+    rows = np.arange(h)
+    ink_left = np.cumsum(np.pad(crop, ((0, 0), (1, 0))), axis=1)
     total = float(crop.sum())
     same = CUT_SAME * total * h / max(w, h)  # a share of the ink of one digit-sized square of the mark
-    kept: list[int] = []
-    for k in range(len(starts)):
-        if same <= left[k] <= total - same and all(abs(left[k] - left[j]) > same for j in kept):
-            kept.append(k)
-        if len(kept) == most:
-            break
-    return [paths[k] for k in sorted(kept, key=lambda k: left[k])]
+    kept: list[tuple[np.ndarray, np.ndarray]] = []  # (ink left of the path in each row, path)
+    for paths, most in pools:
+        taken = 0
+        for p in paths:
+            if taken >= most:
+                break
+            left = ink_left[rows, p]
+            # the ink between two cuts, not the difference of their left ink: cuts through two strokes of
+            # equal ink at different places leave the same ink on their left
+            if same <= left.sum() <= total - same and all(np.abs(left - a).sum() > same for a, _ in kept):
+                kept.append((left, p))
+                taken += 1
+    return [p for _, p in sorted(kept, key=lambda t: float(t[0].sum()))]
 
 
 def _path_costs(cost: np.ndarray) -> np.ndarray:
