@@ -338,20 +338,24 @@ def _drop_lines(contrast: np.ndarray, t: float) -> np.ndarray:
 
 
 def _drop_frames(contrast: np.ndarray, t: float, rules: bool = False) -> np.ndarray:
-    """Remove what forms print around a field: frames (a box, a row of boxes sharing sides), or with rules,
-    the lone ruled lines left once ruled paper's families are gone (a field's rule under or over a number,
-    a notebook's margin line). A frame is a piece whose four sides are straight lines (within FRAME_TILT
+    """Remove what forms print around a field: frames (a box, a row of boxes sharing sides, a table), and
+    with rules, the lone ruled lines left once ruled paper's families are gone (a field's rule under or
+    over a number, a notebook's margin line; a box drawn on ruled paper is a frame only then, so the last
+    pass looks for frames too). A frame is a piece whose four sides are straight lines (within FRAME_TILT
     degrees of level and upright, across 90% of the piece); it goes when it holds other ink (the digits,
     touching it or not), or when its lines are thinner than 8% of its short side (an empty form box is
     empty; a 0 drawn as a rectangle has bolder strokes). A rule is a lone straight line, level or upright,
     10 times as long as thick and 1.6 times as long as the tallest other mark is tall (a dash, a 1 or a 7's
     bar is no longer than a digit: _is_rule). Only the frame's lines go: ink that touches them keeps the
     rest of its strokes."""
-    # Faint thin lines break into dashes at the ink threshold: look for them at a lower one, closed.
-    mask = cv2.morphologyEx((contrast > t / 4).view(np.uint8), cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
+    # Faint thin lines break into dashes at the ink threshold: frames are looked for at a lower one, closed;
+    # rules at the ink's own, closed along the line only (a rule a few pixels under the digits would join
+    # them at the lower threshold and be no lone line).
+    low, kernel = (t / 2, np.ones((1, 5), np.uint8)) if rules else (t / 4, np.ones((3, 3), np.uint8))
+    mask = cv2.morphologyEx((contrast > low).view(np.uint8), cv2.MORPH_CLOSE, kernel)
     n, labels, stats, _ = _components(mask)
-    if n <= (2 if rules else 1):
-        return contrast  # (a rule needs another mark beside it)
+    if n <= 1:
+        return contrast
     extent = np.maximum(stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT])
     order = np.argsort(-extent)[:FRAMES_LOOKED_AT] + 1
     heights = stats[1:, cv2.CC_STAT_HEIGHT]
@@ -361,12 +365,10 @@ def _drop_frames(contrast: np.ndarray, t: float, rules: bool = False) -> np.ndar
         if max(w, h) < max(12, 0.1 * min(mask.shape)):
             break  # the rest are smaller still
         piece = (labels[y:y + h, x:x + w] == i).view(np.uint8)
-        if rules:
-            others = float(np.delete(heights, i - 1).max(initial=0))
-            drop[y:y + h, x:x + w] |= (piece > 0) & bool(others and _is_rule(piece, others, mask.shape[0]))
-            continue
-        lines = _frame_lines(piece)
+        lines = _frame_lines(piece, piece & (contrast[y:y + h, x:x + w] > t / 2).view(np.uint8))
         if lines is None:
+            others = float(np.delete(heights, i - 1).max(initial=0)) if rules else 0.0
+            drop[y:y + h, x:x + w] |= (piece > 0) & bool(others and _is_rule(piece, others, mask.shape[0]))
             continue
         drawn, thickness = lines
         if np.count_nonzero(mask[y:y + h, x:x + w] & ~drawn) < 0.02 * w * h and thickness > 0.08 * min(w, h):
@@ -388,11 +390,13 @@ def _upright(piece: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     return cv2.warpAffine(padded, turn, padded.shape[::-1], flags=cv2.INTER_NEAREST), turn
 
 
-def _frame_lines(piece: np.ndarray) -> tuple[np.ndarray, float] | None:
+def _frame_lines(piece: np.ndarray, solid: np.ndarray) -> tuple[np.ndarray, float] | None:
     """(the pixels of piece (uint8 0/1, one connected piece cropped to its box) on its straight lines, as
     bool, and their thickness in px) if its four sides are such lines, else None. The piece is turned
     level first (a form photographed askew); its sides are rows and columns in its outer fifths that are
-    90% ink, and inside them a comb's inner sides are those 97% ink across the inside (_inner_lines)."""
+    90% ink, and inside them a comb's or a table's inner sides are those 97% solid ink across the inside
+    (solid: the piece's pixels at the ink threshold itself, where a digit that only comes near both sides
+    of a tight cell is apart from them; _inner_lines)."""
     h, w = piece.shape
     if min(h, w) < 8 or _holes(piece) < 0.3 * h * w:
         return None  # (cheap first: a frame's insides, its cells, are most of its box; a 0's or an 8's are not)
@@ -403,6 +407,9 @@ def _frame_lines(piece: np.ndarray) -> tuple[np.ndarray, float] | None:
     ys, xs = np.nonzero(level)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
     box = level[y0:y1, x0:x1]
+    pad = (level.shape[0] - h) // 2
+    solid = cv2.warpAffine(cv2.copyMakeBorder(solid, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0), turn,
+                           level.shape[::-1], flags=cv2.INTER_NEAREST)[y0:y1, x0:x1]
     # (a line of 1-2 px wobbles by a pixel once turned: each is looked at 3 px wide across its length)
     across, down = cv2.dilate(box, np.ones((3, 1), np.uint8)), cv2.dilate(box, np.ones((1, 3), np.uint8))
     bh, bw = box.shape
@@ -411,15 +418,14 @@ def _frame_lines(piece: np.ndarray) -> tuple[np.ndarray, float] | None:
     if not (top and bottom and left and right) or bh - top - bottom < bh / 2 or bw - left - right < bw / 2 \
             or box[top:bh - bottom, left:bw - right].mean() > 0.75:
         return None  # a side missing, or no room inside: not a frame (one thick line, a blot, a digit)
-    rows = _inner_lines(across[:, left:bw - right].mean(axis=1), top, bottom)
-    cols = _inner_lines(down[top:bh - bottom].mean(axis=0), left, right)
+    rows = _inner_lines(cv2.dilate(solid, np.ones((3, 1), np.uint8))[:, left:bw - right].mean(axis=1), top, bottom)
+    cols = _inner_lines(cv2.dilate(solid, np.ones((1, 3), np.uint8))[top:bh - bottom].mean(axis=0), left, right)
     if _runs(rows[top + 2:bh - bottom - 2]) >= 2 and _runs(cols[left + 2:bw - right - 2]) >= 2:
         return None  # inner lines both ways: squared paper's grid (too faint for _drop_lines), not a field
     lines = np.zeros_like(level)
     lines[y0:y1, x0:x1] = (rows[:, None] | cols[None, :]) & (box > 0)
     lines = cv2.dilate(lines, np.ones((3, 3), np.uint8))
     back = cv2.warpAffine(lines, cv2.invertAffineTransform(turn), lines.shape[::-1], flags=cv2.INTER_NEAREST)
-    pad = (back.shape[0] - h) // 2
     return (back[pad:pad + h, pad:pad + w] > 0) & (piece > 0), float(top)
 
 
@@ -448,40 +454,21 @@ def _side(cover: np.ndarray) -> int:
 
 
 def _inner_lines(cover: np.ndarray, start: int, end: int) -> np.ndarray:
-    """The rows (or columns) of a frame that are its lines, from their ink cover over the inside (0..1):
-    its sides (the first `start` and last `end`) with up to 2 neighbours a third covered (soft or uneven
-    edges), and a comb's inner sides: lines 97% covered, as thin as the sides (plus 2 for the edges) and
-    evenly spaced between them (_comb): a digit's stroke that touches both sides (a 1 in a tight cell)
-    is bolder, or lies between a comb's sides, not where they fall."""
+    """The rows (or columns) of a frame that are its lines, from their solid ink cover over the inside
+    (0..1): its sides (the first `start` and last `end`) with up to 2 neighbours a third covered (soft or
+    uneven edges), and inner sides 97% covered and as thin as the sides (plus 2 for the edges: a comb's
+    or a table's inner sides are printed like its outer ones and run whole from one side to the other; a
+    digit's stroke that touches both is bolder)."""
     n = len(cover)
     core = cover >= 0.97
     core[:start] = core[n - end:] = True
     lines = (cv2.dilate(core.astype(np.uint8)[:, None], np.ones((5, 1), np.uint8))[:, 0] > 0) & (cover >= 0.3)
     lines[:start] = lines[n - end:] = True
     bounds = np.flatnonzero(np.diff(np.concatenate([[0], lines.view(np.int8), [0]])))
-    inner = [(a, b) for a, b in zip(bounds[::2], bounds[1::2], strict=True) if a >= start + 2 and b <= n - end - 2]
-    kept = _comb([(a, b) for a, b in inner if b - a <= max(start, end) + 2], start / 2, n - end / 2)
-    for a, b in inner:
-        if (a, b) not in kept:
+    for a, b in zip(bounds[::2], bounds[1::2], strict=True):
+        if a >= start + 2 and b <= n - end - 2 and b - a > max(start, end) + 2:
             lines[a:b] = False
     return lines
-
-
-def _comb(runs: list[tuple[int, int]], first: float, last: float) -> list[tuple[int, int]]:
-    """The most runs (a, b) that split first..last into equal cells, each within 15% of a cell of where
-    it should fall (a row of boxes is printed evenly); [] if none do."""
-    centres = [(a + b) / 2 for a, b in runs]
-    for cells in range(len(runs) + 1, 1, -1):
-        width = (last - first) / cells
-        picked = []
-        for j in range(1, cells):
-            near = [k for k, c in enumerate(centres) if abs(c - (first + j * width)) <= 0.15 * width]
-            if not near:
-                break
-            picked.append(runs[min(near, key=lambda k: abs(centres[k] - (first + j * width)))])
-        else:
-            return picked
-    return []
 
 
 def _is_rule(piece: np.ndarray, tallest_other: float, map_height: int) -> bool:
