@@ -418,10 +418,12 @@ def _frame_lines(piece: np.ndarray, solid: np.ndarray) -> tuple[np.ndarray, floa
     if not (top and bottom and left and right) or bh - top - bottom < bh / 2 or bw - left - right < bw / 2 \
             or box[top:bh - bottom, left:bw - right].mean() > 0.75:
         return None  # a side missing, or no room inside: not a frame (one thick line, a blot, a digit)
+    grid_rows = _inner_lines(across[:, left:bw - right].mean(axis=1), top, bottom)
+    grid_cols = _inner_lines(down[top:bh - bottom].mean(axis=0), left, right)
+    if _runs(grid_rows[top + 2:bh - bottom - 2]) >= 2 and _runs(grid_cols[left + 2:bw - right - 2]) >= 2:
+        return None  # inner lines both ways: squared paper's grid (left to _drop_lines), not a field
     rows = _inner_lines(cv2.dilate(solid, np.ones((3, 1), np.uint8))[:, left:bw - right].mean(axis=1), top, bottom)
     cols = _inner_lines(cv2.dilate(solid, np.ones((1, 3), np.uint8))[top:bh - bottom].mean(axis=0), left, right)
-    if _runs(rows[top + 2:bh - bottom - 2]) >= 2 and _runs(cols[left + 2:bw - right - 2]) >= 2:
-        return None  # inner lines both ways: squared paper's grid (too faint for _drop_lines), not a field
     lines = np.zeros_like(level)
     lines[y0:y1, x0:x1] = (rows[:, None] | cols[None, :]) & (box > 0)
     lines = cv2.dilate(lines, np.ones((3, 3), np.uint8))
