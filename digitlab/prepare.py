@@ -420,7 +420,7 @@ def _frame_lines(piece: np.ndarray, solid: np.ndarray) -> tuple[np.ndarray, floa
         return None  # a side missing, or no room inside: not a frame (one thick line, a blot, a digit)
     grid_rows = _inner_lines(across[:, left:bw - right].mean(axis=1), top, bottom)
     grid_cols = _inner_lines(down[top:bh - bottom].mean(axis=0), left, right)
-    if _runs(grid_rows[top + 2:bh - bottom - 2]) >= 2 and _runs(grid_cols[left + 2:bw - right - 2]) >= 2:
+    if len(_runs(grid_rows[top + 2:bh - bottom - 2])) >= 2 and len(_runs(grid_cols[left + 2:bw - right - 2])) >= 2:
         return None  # inner lines both ways: squared paper's grid (left to _drop_lines), not a field
     rows = _inner_lines(cv2.dilate(solid, np.ones((3, 1), np.uint8))[:, left:bw - right].mean(axis=1), top, bottom)
     cols = _inner_lines(cv2.dilate(solid, np.ones((1, 3), np.uint8))[top:bh - bottom].mean(axis=0), left, right)
@@ -431,9 +431,10 @@ def _frame_lines(piece: np.ndarray, solid: np.ndarray) -> tuple[np.ndarray, floa
     return (back[pad:pad + h, pad:pad + w] > 0) & (piece > 0), float(top)
 
 
-def _runs(flags: np.ndarray) -> int:
-    """How many runs of True a 1-D bool array holds."""
-    return int(np.count_nonzero(np.diff(np.concatenate([[0], flags.view(np.int8), [0]])) == 1))
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """The runs of True in a 1-D bool array, as (start, end) index pairs, end exclusive."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], flags.view(np.int8), [0]])))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
 
 
 def _holes(piece: np.ndarray) -> float:
@@ -466,8 +467,7 @@ def _inner_lines(cover: np.ndarray, start: int, end: int) -> np.ndarray:
     core[:start] = core[n - end:] = True
     lines = (cv2.dilate(core.astype(np.uint8)[:, None], np.ones((5, 1), np.uint8))[:, 0] > 0) & (cover >= 0.3)
     lines[:start] = lines[n - end:] = True
-    bounds = np.flatnonzero(np.diff(np.concatenate([[0], lines.view(np.int8), [0]])))
-    for a, b in zip(bounds[::2], bounds[1::2], strict=True):
+    for a, b in _runs(lines):
         if a >= start + 2 and b <= n - end - 2 and b - a > max(start, end) + 2:
             lines[a:b] = False
     return lines
@@ -511,8 +511,7 @@ def _line_family(m: np.ndarray) -> np.ndarray | None:
     rows = profile >= 0.75
     # Runs of line rows are lines; each must be thin (under 3% of the picture's height: ruled lines and
     # printed boxes are; a digit's strokes in a tight crop are 5-15%).
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], rows.astype(np.int8), [0]])))
-    runs = [(a, b) for a, b in zip(edges[::2], edges[1::2], strict=True) if b - a <= max(2, 0.03 * h)]
+    runs = [(a, b) for a, b in _runs(rows) if b - a <= max(2, 0.03 * h)]
     # Two lines of a family lie apart (ruled paper: 5% of the picture or more); runs closer than that
     # are one wavy stroke, such as a 7's bar.
     apart = sum(1 for (_, b0), (a1, _) in zip(runs, runs[1:], strict=False) if a1 - b0 >= 0.05 * h)
