@@ -51,11 +51,7 @@ def load_verifier(path: str | Path) -> Any:
     the file when it is not a model file or not a verifier."""
     from digitlab.modelfile import load
 
-    verifier = load(path)
-    if verifier.classes != PIECE_CLASSES:
-        raise ModelFileError(f"{path}: not a piece verifier (classes {verifier.classes[:12]}, expected "
-                             f"{PIECE_CLASSES})")
-    return verifier
+    return checked_verifier(load(path))
 
 
 def checked_verifier(pieces: Any) -> Any:
@@ -63,9 +59,10 @@ def checked_verifier(pieces: Any) -> Any:
     ModelFileError naming it when it is a digit model (or any model without PIECE_CLASSES)."""
     if isinstance(pieces, (str, Path)) or hasattr(pieces, "__fspath__"):
         return load_verifier(pieces)
-    if getattr(pieces, "classes", None) != PIECE_CLASSES:
+    classes = getattr(pieces, "classes", None)
+    if classes != PIECE_CLASSES:
         where = getattr(pieces, "path", None) or "pieces"
-        raise ModelFileError(f"{where}: not a piece verifier (classes {getattr(pieces, 'classes', None)!r:.80}, "
+        raise ModelFileError(f"{where}: not a piece verifier (classes {classes[:12] if classes else classes}, "
                              f"expected {PIECE_CLASSES})")
     return pieces
 

@@ -118,8 +118,9 @@ def read(model: Any, picture: Any, source: str = "picture", pieces: Any = None) 
         status, marks = "too_many_marks", marks[:MAX_MARKS]
     digits, boxes = _read_marks(model, ink, marks, pieces, scale) if marks else ([], [])
     boxes = [_original_box(b, scale, w, h) for b in boxes]
-    found = _separators(ink, marks)
-    if status == "ok" and _unread_ink(ink, marks, [b for _, b in found]):
+    left = _leftovers(ink, marks) if marks else []  # (once: the separators and the unread ink are among them)
+    found = _separators(left, marks)
+    if status == "ok" and _unread_ink(left, marks, [b for _, b in found]):
         status = "unsure"  # the text is the best reading of the digits found, but ink was left out of it
     separators = [(s, _original_box(b, scale, w, h)) for s, b in found]
     return _record(model, source, status, digits, boxes, separators)
@@ -512,39 +513,43 @@ def _short_digits(ink: np.ndarray, marks: list[list[Box]]) -> list[list[Box]]:
     """Marks find_marks() leaves out as under half the tallest mark's height, that a line of digits holds
     (a flat 2 or a small 0 beside a tall 7): pieces outside the marks at least SHORT_DIGIT of the median
     mark's height and a tenth of its ink box's area; left to right, merged with the marks by read()."""
-    unions = [_union(m) for m in marks]
-    height = float(np.median([u[3] - u[1] for u in unions]))
-    area = float(np.median([(u[2] - u[0]) * (u[3] - u[1]) for u in unions]))
+    _, _, height, area = _line(marks)
     return [[b] for b, a in _leftovers(ink, marks)
             if b[3] - b[1] >= SHORT_DIGIT * height and (b[2] - b[0]) * (b[3] - b[1]) >= 0.1 * area
             and a >= 0.05 * area]
 
 
-def _unread_ink(ink: np.ndarray, marks: list[list[Box]], separators: list[Box]) -> bool:
-    """Whether a piece of ink in the digits' line, outside the marks and separators, is too big to be a
-    crumb: a quarter of the line's median digit height and a twentieth of its ink (a digit written much
-    smaller than the others, a letter, a mark not read): "ok" would say the text holds all the line holds.
-    (A caption above or below the line is not the number.)"""
+def _line(marks: list[list[Box]]) -> tuple[float, float, float, float]:
+    """The digits' line, from its marks (at least one): the medians of their tops, feet, heights and box
+    areas (working px)."""
+    unions = [_union(m) for m in marks]
+    return (float(np.median([u[1] for u in unions])), float(np.median([u[3] for u in unions])),
+            float(np.median([u[3] - u[1] for u in unions])),
+            float(np.median([(u[2] - u[0]) * (u[3] - u[1]) for u in unions])))
+
+
+def _unread_ink(left: list[tuple[Box, int]], marks: list[list[Box]], separators: list[Box]) -> bool:
+    """Whether a piece of ink (left: _leftovers's) in the digits' line, outside the marks and separators,
+    is too big to be a crumb: a quarter of the line's median digit height and a twentieth of its ink (a
+    digit written much smaller than the others, a letter, a mark not read): "ok" would say the text holds
+    all the line holds. (A caption above or below the line is not the number.)"""
     if not marks:
         return False
-    unions = [_union(m) for m in marks]
-    height = float(np.median([u[3] - u[1] for u in unions]))
-    area = float(np.median([(u[2] - u[0]) * (u[3] - u[1]) for u in unions]))
-    top, foot = float(np.median([u[1] for u in unions])), float(np.median([u[3] for u in unions]))
+    top, foot, height, area = _line(marks)
     return any(b not in separators and b[1] < foot and b[3] > top and b[3] - b[1] >= 0.25 * height
-               and a >= 0.05 * area for b, a in _leftovers(ink, marks))
+               and a >= 0.05 * area for b, a in left)
 
 
-def _separators(ink: np.ndarray, marks: list[list[Box]]) -> list[tuple[str, Box]]:
+def _separators(left: list[tuple[Box, int]], marks: list[list[Box]]) -> list[tuple[str, Box]]:
     """Decimal points or commas (".") and dashes ("-") in the line of marks, with their working boxes:
-    pieces of ink outside every mark, sized and placed relative to the digits' line (top, height)."""
+    pieces of ink outside every mark (left: _leftovers's), sized and placed relative to the digits' line
+    (top, height)."""
     if not marks:
         return []
     unions = [_union(m) for m in marks]
-    top = float(np.median([u[1] for u in unions]))
-    height = float(np.median([u[3] - u[1] for u in unions]))
+    top, _, height, _ = _line(marks)
     found = []
-    for (x0, y0, x1, y1), area in _leftovers(ink, marks):
+    for (x0, y0, x1, y1), area in left:
         bw, bh = x1 - x0, y1 - y0
         if max(bw, bh) < max(2, 0.06 * height):
             continue
